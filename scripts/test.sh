@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs redis-server and
+# redis-tools when missing, then runs every test (unit, property and integration tests
+# against real redis-server processes on loopback).
+#
+#   ./scripts/test.sh            # what a developer runs
+#   CI=true ./scripts/test.sh    # what .ci/run runs (also checks fmt and clippy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts a system redis on 6379 after install; tests never use it.
+fi
+redis-server --version
+
+if [ "${CI:-}" = "true" ]; then
+  cargo fmt --all -- --check
+  cargo clippy --all-targets -- -D warnings
+fi
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,256 @@
+//! Backend connections: how a command reaches a Redis-protocol store and how its reply
+//! comes back to whoever is waiting for it.
+//!
+//! Two kinds of connection exist, both driven by the same pipelining engine
+//! ([`pipeline::run`]):
+//! - **shared**: a small pool per backend and protocol. Stateless commands from many clients
+//!   are written to it back to back (batched into few syscalls) and the replies are matched
+//!   to requests by order. A client always uses the same pooled connection, so its commands
+//!   execute in the order it sent them.
+//! - **dedicated**: opened for one client when it needs connection state the pool cannot
+//!   share (MULTI/WATCH, blocking commands, another db, client tracking). The client's state
+//!   (protocol, db, name) is replayed on it when it opens.
+//!
+//! A [`Job`] carries the bytes to write and a [`Sink`] for the reply. The sink may belong to a
+//! client, or to anyone else (the mirror and compare paths), which is why replies travel over
+//! one-shot channels rather than being written to a socket here.
+
+mod conn;
+mod dedicated;
+mod pipeline;
+mod pool;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::proto::reply::{self, Protocol};
+
+pub use conn::Handshake;
+pub use dedicated::DedicatedConn;
+pub use pool::SharedConn;
+
+/// Everything needed to connect to one backend, resolved from the config (secrets included,
+/// which is why this type has no `Debug` that would print them).
+#[derive(Clone)]
+pub struct BackendSettings {
+    /// The backend's name in `proxy.yaml` (`source`, `target`), used in errors and metrics.
+    pub name: Arc<str>,
+    /// `host:port`.
+    pub addr: String,
+    /// The database shared connections select (from the URL's `/db`).
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Shared pipelined connections per protocol.
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// A shared connection with replies outstanding and nothing received for this long is
+    /// declared dead and reconnected.
+    pub command_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for BackendSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSettings")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Why a command could not be answered by a backend. Rendered to the client by
+/// [`BackendError::to_resp`], the one place that wording lives.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {backend} unavailable: {reason}")]
+    Unavailable { backend: Arc<str>, reason: Arc<str> },
+}
+
+impl BackendError {
+    pub fn unavailable(backend: &Arc<str>, reason: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable {
+            backend: backend.clone(),
+            reason: reason.to_string().into(),
+        }
+    }
+
+    /// `-ERR tandem: backend <name> unavailable: <reason>`
+    pub fn to_resp(&self) -> Bytes {
+        reply::proxy_error(&self.to_string())
+    }
+}
+
+/// A backend's reply frame, byte for byte, or why there is none.
+pub type Reply = Result<Bytes, BackendError>;
+
+/// Where a reply goes.
+pub enum Sink {
+    /// Someone awaits it (a client's writer, a mirror accountant ...).
+    Reply(oneshot::Sender<Reply>),
+    /// Nobody needs it (state replays such as `SELECT` on a dedicated connection).
+    Discard,
+}
+
+impl Sink {
+    fn deliver(self, reply: Reply) {
+        if let Sink::Reply(tx) = self {
+            // The receiver may have gone (client disconnected): nothing to do then.
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+/// Bytes to write to a backend and how many reply frames they produce. Only the last frame
+/// is delivered (a `MULTI ... EXEC` block is answered by its `EXEC`).
+pub struct Job {
+    pub payload: Bytes,
+    pub replies: u32,
+    pub sink: Sink,
+}
+
+impl Job {
+    /// One command, one reply, delivered to a new one-shot channel.
+    pub fn single(payload: Bytes) -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Job {
+                payload,
+                replies: 1,
+                sink: Sink::Reply(tx),
+            },
+            rx,
+        )
+    }
+
+    pub fn fail(self, err: &BackendError) {
+        self.sink.deliver(Err(err.clone()));
+    }
+}
+
+/// Whether a backend is reachable, as last observed by its pooled connections.
+#[derive(Default)]
+pub struct Health {
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    fn set_down(&self, err: &BackendError) {
+        self.up.store(false, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(err.to_string());
+        }
+    }
+}
+
+/// One backend: its settings, its shared pools (one per protocol, opened on first use) and
+/// its health.
+pub struct Backend {
+    settings: Arc<BackendSettings>,
+    pools: [OnceLock<Vec<SharedConn>>; 2],
+    health: Arc<Health>,
+    /// Set once the backend's `COMMAND` reply has been merged into the command table.
+    commands_loaded: AtomicBool,
+    server_version: OnceLock<String>,
+}
+
+impl Backend {
+    pub fn new(settings: BackendSettings) -> Arc<Backend> {
+        Arc::new(Backend {
+            settings: Arc::new(settings),
+            pools: [OnceLock::new(), OnceLock::new()],
+            health: Arc::new(Health::default()),
+            commands_loaded: AtomicBool::new(false),
+            server_version: OnceLock::new(),
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.settings.name
+    }
+
+    pub fn settings(&self) -> &BackendSettings {
+        &self.settings
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The server version the backend reported in its `HELLO` reply, once known.
+    pub fn server_version(&self) -> Option<&str> {
+        self.server_version.get().map(|s| s.as_str())
+    }
+
+    /// The shared connection for `client_id` in protocol `proto`. The same client always
+    /// gets the same connection, which keeps its commands in order.
+    pub fn shared(&self, proto: Protocol, client_id: u64) -> &SharedConn {
+        let idx = match proto {
+            Protocol::Resp2 => 0,
+            Protocol::Resp3 => 1,
+        };
+        let pool = self.pools[idx].get_or_init(|| {
+            (0..self.settings.pool_size.max(1))
+                .map(|_| SharedConn::spawn(self.settings.clone(), proto, self.health.clone()))
+                .collect()
+        });
+        &pool[(client_id % pool.len() as u64) as usize]
+    }
+
+    /// Opens the RESP2 pool now, so the first client does not pay for the connect.
+    pub fn warm_up(&self) {
+        let _ = self.shared(Protocol::Resp2, 0);
+    }
+
+    /// Opens a dedicated connection carrying the given per-connection state.
+    /// RESP3 pushes arriving on it (client tracking) go to `pushes`.
+    pub async fn dedicated(
+        &self,
+        hs: &Handshake,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    ) -> Result<DedicatedConn, BackendError> {
+        DedicatedConn::open(self.settings.clone(), hs, pushes).await
+    }
+
+    /// Opens a plain connection with the handshake done, for callers that drive the socket
+    /// themselves (Pub/Sub pass-through, the command-table refresh).
+    pub async fn raw(&self, hs: &Handshake) -> Result<tokio::net::TcpStream, BackendError> {
+        let (stream, version) = conn::connect(&self.settings, hs).await?;
+        if let Some(v) = version {
+            let _ = self.server_version.set(v);
+        }
+        Ok(stream)
+    }
+
+    /// True the first time it is called: the caller should refresh the command table.
+    pub fn claim_command_refresh(&self) -> bool {
+        !self.commands_loaded.swap(true, Ordering::AcqRel)
+    }
+
+    /// Lets a later connection retry the command-table refresh after a failure.
+    pub fn release_command_refresh(&self) {
+        self.commands_loaded.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,211 @@
+//! The pipelining engine every backend connection runs.
+//!
+//! A writer drains the connection's job queue, copying as many queued commands as are ready
+//! into one buffer and writing it with one syscall; for each job it records who waits for the
+//! reply. A reader frames replies as they arrive and hands each to the oldest waiter. Both
+//! run inside one task (joined with `select!`), so the lock on the queue of waiters is never
+//! contended; it is held only between awaits.
+//!
+//! The engine ends when the socket fails, a reply cannot be framed, the backend stays silent
+//! past the command timeout with replies owed, or the job queue closes and every owed reply
+//! has arrived. Whoever still waits is then told why.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::{BackendError, Job, Sink};
+use crate::proto::reply::frame_len;
+
+/// Stop filling a write batch past this many bytes.
+const MAX_BATCH: usize = 256 * 1024;
+
+/// How a pipeline ended.
+pub(super) enum End {
+    /// The job queue closed and every reply was delivered.
+    Finished,
+    /// The connection failed; waiters were told with this error.
+    Failed(BackendError),
+}
+
+struct Waiter {
+    left: u32,
+    sink: Sink,
+}
+
+struct Shared {
+    waiters: Mutex<VecDeque<Waiter>>,
+    base: Instant,
+    /// When (ms after `base`) the oldest owed reply started waiting, or the last reply came.
+    since_ms: AtomicU64,
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter>> {
+        // A panic while holding this lock cannot leave the queue half-updated.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self) {
+        self.since_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.since_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs the connection until it ends. `silence` bounds how long owed replies may take;
+/// `None` for connections that may legitimately block (BLPOP on a dedicated connection).
+pub(super) async fn run(
+    stream: TcpStream,
+    jobs: &mut mpsc::Receiver<Job>,
+    silence: Option<Duration>,
+    backend: &std::sync::Arc<str>,
+    pushes: Option<&mpsc::UnboundedSender<bytes::Bytes>>,
+) -> End {
+    let (mut rd, mut wr) = stream.into_split();
+    let shared = Shared {
+        waiters: Mutex::new(VecDeque::with_capacity(64)),
+        base: Instant::now(),
+        since_ms: AtomicU64::new(0),
+        closing: AtomicBool::new(false),
+    };
+
+    let writer = async {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let Some(job) = jobs.recv().await else {
+                shared.closing.store(true, Ordering::Release);
+                // Wait for the reader to collect the owed replies.
+                return std::future::pending::<BackendError>().await;
+            };
+            push(&shared, &mut out, job);
+            while out.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => push(&shared, &mut out, job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = wr.write_all(&out).await {
+                return BackendError::unavailable(backend, format!("write: {e}"));
+            }
+            out.clear();
+            if out.capacity() > 4 * MAX_BATCH {
+                out = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+    };
+
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            loop {
+                let len = match frame_len(&buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => return Err(BackendError::unavailable(backend, e)),
+                };
+                let frame = buf.split_to(len).freeze();
+                if frame.first() == Some(&b'>') {
+                    // A RESP3 push (client tracking invalidation) is not a reply: it goes to
+                    // the client out of band, or nowhere on a shared connection.
+                    match pushes {
+                        Some(tx) => {
+                            let _ = tx.send(frame);
+                        }
+                        None => {
+                            tracing::debug!(backend = %backend, "dropped unexpected push frame")
+                        }
+                    }
+                    continue;
+                }
+                let mut waiters = shared.waiters();
+                let Some(front) = waiters.front_mut() else {
+                    return Err(BackendError::unavailable(
+                        backend,
+                        "reply without a request (protocol desync)",
+                    ));
+                };
+                front.left -= 1;
+                if front.left == 0 {
+                    if let Some(w) = waiters.pop_front() {
+                        w.sink.deliver(Ok(frame));
+                    }
+                }
+                shared.touch();
+            }
+            if shared.closing.load(Ordering::Acquire) && shared.waiters().is_empty() {
+                return Ok(());
+            }
+            let read = match silence {
+                None => rd.read_buf(&mut buf).await,
+                Some(limit) => match tokio::time::timeout(limit / 2, rd.read_buf(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if !shared.waiters().is_empty() && shared.quiet_for() >= limit {
+                            return Err(BackendError::unavailable(
+                                backend,
+                                format!("no reply within {limit:?}"),
+                            ));
+                        }
+                        continue;
+                    }
+                },
+            };
+            match read {
+                Ok(0) => {
+                    return Err(BackendError::unavailable(
+                        backend,
+                        "connection closed by backend",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(BackendError::unavailable(backend, format!("read: {e}"))),
+            }
+            if buf.capacity() > 4 * MAX_BATCH && buf.is_empty() {
+                buf = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+    };
+
+    let outcome = tokio::select! {
+        err = writer => Err(err),
+        res = reader => res,
+    };
+    match outcome {
+        Ok(()) => End::Finished,
+        Err(err) => {
+            let owed: Vec<Waiter> = shared.waiters().drain(..).collect();
+            for w in owed {
+                w.sink.deliver(Err(err.clone()));
+            }
+            End::Failed(err)
+        }
+    }
+}
+
+fn push(shared: &Shared, out: &mut BytesMut, job: Job) {
+    let mut waiters = shared.waiters();
+    if waiters.is_empty() {
+        shared.touch();
+    }
+    out.extend_from_slice(&job.payload);
+    if job.replies == 0 {
+        job.sink.deliver(Ok(bytes::Bytes::new()));
+    } else {
+        waiters.push_back(Waiter {
+            left: job.replies,
+            sink: job.sink,
+        });
+    }
+}

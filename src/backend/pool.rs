@@ -1,0 +1,102 @@
+//! A shared, pipelined backend connection and the task that keeps it connected.
+//!
+//! The task owns the job queue for its whole life. While connected it runs the pipeline;
+//! when the connection fails it waits out a backoff (doubling, with jitter so a fleet of
+//! sidecars does not reconnect in step) and, during that wait, fails every job at once with
+//! the reason, so clients get a fast, clear error instead of a hang.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::conn::{connect, Handshake};
+use super::pipeline::{self, End};
+use super::{BackendError, BackendSettings, Health, Job};
+use crate::proto::reply::Protocol;
+
+/// Jobs queued per shared connection before senders wait (backpressure on clients).
+const QUEUE: usize = 4096;
+
+/// Handle to one pooled connection.
+#[derive(Clone)]
+pub struct SharedConn {
+    tx: mpsc::Sender<Job>,
+}
+
+impl SharedConn {
+    pub(super) fn spawn(
+        settings: Arc<BackendSettings>,
+        proto: Protocol,
+        health: Arc<Health>,
+    ) -> SharedConn {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(supervise(settings, proto, rx, health));
+        SharedConn { tx }
+    }
+
+    /// Queues a job; waits only if the connection's queue is full.
+    pub async fn send(&self, job: Job) {
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+            // Only happens while the process shuts down.
+            job.fail(&BackendError::Unavailable {
+                backend: "pool".into(),
+                reason: "shutting down".into(),
+            });
+        }
+    }
+}
+
+async fn supervise(
+    settings: Arc<BackendSettings>,
+    proto: Protocol,
+    mut rx: mpsc::Receiver<Job>,
+    health: Arc<Health>,
+) {
+    let hs = Handshake::pooled(proto);
+    let mut backoff = settings.backoff_min;
+    loop {
+        let err = match connect(&settings, &hs).await {
+            Ok((stream, _)) => {
+                if !health.is_up() {
+                    tracing::info!(backend = %settings.name, addr = %settings.addr, proto = proto.version(), "backend connected");
+                }
+                health.set_up();
+                backoff = settings.backoff_min;
+                match pipeline::run(
+                    stream,
+                    &mut rx,
+                    Some(settings.command_timeout),
+                    &settings.name,
+                    None,
+                )
+                .await
+                {
+                    End::Finished => return,
+                    End::Failed(err) => err,
+                }
+            }
+            Err(err) => err,
+        };
+        if health.is_up() {
+            tracing::warn!(backend = %settings.name, error = %err, "backend connection lost");
+        } else {
+            tracing::debug!(backend = %settings.name, error = %err, "backend still unavailable");
+        }
+        health.set_down(&err);
+
+        let jitter = 0.5 + fastrand::f64();
+        let wait = backoff.mul_f64(jitter);
+        backoff = (backoff * 2).min(settings.backoff_max);
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                job = rx.recv() => match job {
+                    Some(job) => job.fail(&err),
+                    None => return,
+                },
+            }
+        }
+    }
+}

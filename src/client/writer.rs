@@ -1,0 +1,125 @@
+//! The client's reply writer: writes replies in exactly the order the requests arrived.
+//!
+//! The reader queues one [`Out`] per request: a reply it already has (answered by the proxy
+//! itself) or a receiver for a backend's reply. The writer takes them in order, waiting for a
+//! backend reply only when it is next, and gathers whatever is ready into one write. The
+//! queue is bounded by `limits.max_pipeline`, so a client that pipelines faster than its
+//! replies come back is simply not read until they do.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::{BackendError, Reply};
+
+/// Replies larger than this are written straight from their buffer instead of being copied.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// Flush the gathered replies once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// One entry in the client's reply order.
+pub enum Out {
+    /// A reply the proxy already has.
+    Ready(Bytes),
+    /// A backend reply still to come.
+    Pending(oneshot::Receiver<Reply>),
+    /// Signalled when every earlier reply has been taken: the reader waits on it before it
+    /// moves the client to another backend connection, so execution order is kept.
+    Barrier(oneshot::Sender<()>),
+    /// Copy this backend stream to the client until it ends (Pub/Sub pass-through).
+    Pipe(OwnedReadHalf),
+    /// Write what is queued, then close the connection (QUIT, protocol errors).
+    Close,
+}
+
+/// Runs until the reader is gone and every queued reply is written, or the client's socket
+/// fails. `pushes` carries RESP3 push frames from a dedicated connection (client tracking).
+pub async fn run(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    mut pushes: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let result: std::io::Result<()> = async {
+        loop {
+            let item = match rx.try_recv() {
+                Ok(item) => item,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    flush(&mut wr, &mut buf).await?;
+                    tokio::select! {
+                        item = rx.recv() => match item {
+                            Some(item) => item,
+                            None => break,
+                        },
+                        Some(push) = pushes.recv() => {
+                            wr.write_all(&push).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match item {
+                Out::Ready(bytes) => put(&mut wr, &mut buf, bytes).await?,
+                Out::Pending(mut reply_rx) => {
+                    let reply = match reply_rx.try_recv() {
+                        Ok(reply) => reply,
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            flush(&mut wr, &mut buf).await?;
+                            reply_rx.await.unwrap_or_else(|_| Err(dropped()))
+                        }
+                        Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
+                    };
+                    match reply {
+                        Ok(bytes) => put(&mut wr, &mut buf, bytes).await?,
+                        Err(e) => buf.extend_from_slice(&e.to_resp()),
+                    }
+                }
+                Out::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Out::Pipe(mut backend) => {
+                    flush(&mut wr, &mut buf).await?;
+                    tokio::io::copy(&mut backend, &mut wr).await?;
+                    break;
+                }
+                Out::Close => break,
+            }
+            if buf.len() >= FLUSH_AT {
+                flush(&mut wr, &mut buf).await?;
+            }
+        }
+        flush(&mut wr, &mut buf).await?;
+        wr.shutdown().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client write failed");
+    }
+}
+
+async fn put(wr: &mut OwnedWriteHalf, buf: &mut BytesMut, bytes: Bytes) -> std::io::Result<()> {
+    if bytes.len() >= DIRECT_WRITE {
+        flush(wr, buf).await?;
+        wr.write_all(&bytes).await
+    } else {
+        buf.extend_from_slice(&bytes);
+        Ok(())
+    }
+}
+
+async fn flush(wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+    if !buf.is_empty() {
+        wr.write_all(buf).await?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+fn dropped() -> BackendError {
+    BackendError::Unavailable {
+        backend: "backend".into(),
+        reason: "reply lost".into(),
+    }
+}

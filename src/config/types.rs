@@ -1,0 +1,334 @@
+//! The configuration types. Defaults live in `defaults.rs`; meaning checks
+//! in `validate.rs`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::commands::AllowList;
+use crate::config::defaults;
+use crate::config::secret::Secret;
+use crate::config::units;
+use crate::config::url::BackendUrl;
+
+/// The whole proxy configuration. Obtain one through
+/// [`Config::load`], [`Config::from_yaml_str`] or [`Config::from_overrides`],
+/// which validate it and resolve its secrets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to, `host:port` (default `127.0.0.1:6380`).
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// The admin HTTP endpoint.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
+    /// The Redis servers: `source` (required) and `target` (the migration
+    /// destination).
+    pub backends: Backends,
+    /// Protection against misbehaving or hostile clients.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Client authentication; no users means no authentication.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Normally refused commands this deployment lets through.
+    #[serde(default)]
+    pub allow_commands: AllowList,
+    /// Which share of traffic is served by the target.
+    #[serde(default)]
+    pub cutover: Cutover,
+    /// Copying writes to the target.
+    #[serde(default)]
+    pub mirror: Mirror,
+    /// Shadow reads comparing source and target.
+    #[serde(default)]
+    pub compare: Compare,
+}
+
+/// The admin HTTP endpoint (metrics, status, cutover control).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin endpoint, `host:port` (default `127.0.0.1:9121`).
+    pub listen: String,
+    /// Name of an environment variable holding the bearer token required by
+    /// the admin endpoint.
+    pub token_env: Option<String>,
+    /// File holding the bearer token (a trailing newline is ignored).
+    pub token_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub(crate) token: Option<Secret>,
+}
+
+impl Admin {
+    /// The admin token, resolved from `token_env` / `token_file`; `None`
+    /// when neither is set (the endpoint is then unauthenticated).
+    pub fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive such as `info` or
+    /// `tandem=debug,info` (default `info`). `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+/// The two Redis servers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backends {
+    /// Where the data is now. Required.
+    pub source: Backend,
+    /// Where the data is going. Required for mirroring, comparing and
+    /// cutover.
+    #[serde(default)]
+    pub target: Option<Backend>,
+}
+
+/// One Redis server and how to talk to it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// `redis://host:port[/db]`, `rediss://...` (TLS) or `host:port`.
+    pub url: BackendUrl,
+    /// ACL user name for `AUTH`; taken from the URL (`redis://user@host`)
+    /// when not set here.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (a trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Shared, pipelined connections to this server (1..=64, default 2).
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: u32,
+    /// Limit for establishing a connection (and TLS, AUTH, SELECT); default 1s.
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub connect_timeout: Duration,
+    /// Limit for one command's reply; default 5s.
+    #[serde(
+        default = "defaults::command_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub command_timeout: Duration,
+    /// Delay between reconnection attempts, doubling from `min` to `max`.
+    #[serde(default)]
+    pub reconnect_backoff: Backoff,
+    #[serde(skip)]
+    pub(crate) password: Option<Secret>,
+}
+
+impl Backend {
+    /// The password, resolved from `password_env` / `password_file`; `None`
+    /// when neither is set.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+}
+
+/// Exponential reconnection backoff bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    /// First delay (default 50ms).
+    #[serde(deserialize_with = "units::duration")]
+    pub min: Duration,
+    /// Largest delay (default 2s); must be at least `min`.
+    #[serde(deserialize_with = "units::duration")]
+    pub max: Duration,
+}
+
+/// Limits protecting the proxy from clients.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most simultaneous client connections (default 10000).
+    pub max_clients: u32,
+    /// Largest bulk string a client may send, in bytes (default 512 MiB).
+    #[serde(deserialize_with = "units::byte_size")]
+    pub max_bulk_len: u64,
+    /// Most elements in one command array (default 1048576).
+    pub max_array_len: u32,
+    /// Close a client idle this long; zero (the default) never does.
+    #[serde(deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Commands in flight per client before the proxy stops reading from
+    /// that client (default 1024).
+    pub max_pipeline: u32,
+}
+
+/// Client authentication.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Accepted users; empty (the default) means clients need no `AUTH`.
+    pub users: Vec<User>,
+}
+
+impl Auth {
+    /// Whether clients must authenticate.
+    pub fn enabled(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// The user called `name`, if any.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// A user clients may authenticate as. Exactly one of `password_env`,
+/// `password_file` and `password_sha256` must be set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// User name (`AUTH name password`; a one-argument `AUTH password`
+    /// means the user `default`).
+    pub name: String,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (a trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// SHA-256 of the password, 64 hex characters.
+    #[serde(default)]
+    pub password_sha256: Option<Secret>,
+    /// Only read commands are allowed (default false).
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(skip)]
+    pub(crate) credential: Option<UserPassword>,
+}
+
+impl User {
+    /// How the user's password is checked; always `Some` after a
+    /// successful load.
+    pub fn credential(&self) -> Option<&UserPassword> {
+        self.credential.as_ref()
+    }
+
+    /// The plaintext password when it came from `password_env` or
+    /// `password_file`.
+    pub fn password(&self) -> Option<&Secret> {
+        match &self.credential {
+            Some(UserPassword::Plain(secret)) => Some(secret),
+            _ => None,
+        }
+    }
+
+    /// The decoded SHA-256 digest when it came from `password_sha256`.
+    pub fn password_sha256_digest(&self) -> Option<&[u8; 32]> {
+        match &self.credential {
+            Some(UserPassword::Sha256(digest)) => Some(digest),
+            _ => None,
+        }
+    }
+}
+
+/// A user's resolved password.
+#[derive(Clone)]
+pub enum UserPassword {
+    /// The password itself.
+    Plain(Secret),
+    /// The SHA-256 digest of the password.
+    Sha256([u8; 32]),
+}
+
+impl fmt::Debug for UserPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserPassword::Plain(_) => f.write_str("Plain(***)"),
+            UserPassword::Sha256(_) => f.write_str("Sha256(***)"),
+        }
+    }
+}
+
+/// Gradual cutover from source to target.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cutover {
+    /// Share of traffic served by the target, 0..=100, fractions allowed
+    /// (default 0).
+    pub percent: f64,
+    /// Longest wait for in-flight commands to drain when flipping (default 5s).
+    #[serde(deserialize_with = "units::duration")]
+    pub flip_timeout: Duration,
+}
+
+/// How writes are mirrored to the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorMode {
+    /// No mirroring.
+    #[default]
+    Off,
+    /// Queue the write for the target; the client gets the source's reply
+    /// at once.
+    Async,
+    /// Wait (up to `mirror.timeout`) for the target too before replying.
+    Sync,
+}
+
+/// Write mirroring.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mirror {
+    /// `off` (default), `async` or `sync`. Needs `backends.target`.
+    pub mode: MirrorMode,
+    /// Most writes queued for the target in async mode (default 100000).
+    pub queue_len: u32,
+    /// How long sync mode waits for the target (default 200ms).
+    #[serde(deserialize_with = "units::duration")]
+    pub timeout: Duration,
+    /// File recording keys whose mirror write failed, for later repair.
+    pub journal: Option<PathBuf>,
+    /// Size at which the journal stops growing (default 64 MiB).
+    #[serde(deserialize_with = "units::byte_size")]
+    pub journal_max_bytes: u64,
+}
+
+/// Shadow-read comparison.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Compare {
+    /// Share of reads also sent to the target and compared, 0..=100
+    /// (default 0). Needs `backends.target`.
+    pub percent: f64,
+    /// Delay before re-reading a mismatch to rule out a race (default 250ms).
+    #[serde(deserialize_with = "units::duration")]
+    pub recheck_delay: Duration,
+    /// TTL difference still counted as equal (default 2s).
+    #[serde(deserialize_with = "units::duration")]
+    pub ttl_tolerance: Duration,
+    /// Put the differing values in mismatch logs (default false: keys only).
+    pub log_values: bool,
+}

@@ -1,0 +1,16 @@
+//! tandem: a RESP proxy that sits beside an application while its Redis data moves
+//! from one store to another.
+//!
+//! A command travels through the modules in this order:
+//! [`client`] (accepted connection, per-connection state) → [`proto`] (framing and the
+//! command table) → [`route`] (which backend serves it) → [`backend`] (pooled or dedicated
+//! backend connections) → back to [`client`] as a reply written in order.
+
+pub mod admin;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod proto;
+pub mod route;
+pub mod server;
