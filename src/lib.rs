@@ -11,6 +11,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod mirror;
 pub mod proto;
 pub mod route;
 pub mod server;

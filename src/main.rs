@@ -14,14 +14,12 @@ use tandem::backend::{Backend, BackendSettings};
 use tandem::client::auth::Users;
 use tandem::config::{self, Config, LogFormat};
 use tandem::proto::request::Limits;
+use tandem::mirror::journal::Journal;
+use tandem::route::{CutoverPlan, MirrorMode, Routing};
 use tandem::server::{Policy, Proxy};
 
 #[derive(Parser)]
-#[command(
-    name = "tandem",
-    version,
-    about = "A RESP proxy for zero-downtime Redis migrations"
-)]
+#[command(name = "tandem", version, about = "A RESP proxy for zero-downtime Redis migrations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,20 +94,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn load_config(args: &RunArgs) -> Result<Config, String> {
     let result = match &args.config {
         Some(path) => Config::load(path).and_then(|mut c| {
-            c.apply_overrides(
-                args.listen.clone(),
-                args.admin.clone(),
-                args.source.clone(),
-                args.target.clone(),
-            )?;
+            c.apply_overrides(args.listen.clone(), args.admin.clone(), args.source.clone(), args.target.clone())?;
             Ok(c)
         }),
-        None => Config::from_overrides(
-            args.listen.clone(),
-            args.admin.clone(),
-            args.source.clone(),
-            args.target.clone(),
-        ),
+        None => {
+            Config::from_overrides(args.listen.clone(), args.admin.clone(), args.source.clone(), args.target.clone())
+        }
     };
     result.map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
@@ -126,13 +116,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     init_logging(&config.log.level, json);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let source = Backend::new(backend_settings("source", &config.backends.source));
         let target = config.backends.target.as_ref().map(|t| Backend::new(backend_settings("target", t)));
-        let proxy = Proxy::new(policy(&config), source, target);
+        let journal = match &config.mirror.journal {
+            Some(path) => Some(Arc::new(
+                Journal::open(path.clone(), config.mirror.journal_max_bytes)
+                    .with_context(|| format!("cannot open repair journal {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let routing = Routing {
+            plan: CutoverPlan::new(config.cutover.percent),
+            mirror: mirror_mode(config.mirror.mode),
+            moving: None,
+            has_target: target.is_some(),
+        };
+        let proxy =
+            Proxy::new(policy(&config), routing, source, target, config.mirror.queue_len as usize, journal);
 
         let listener =
             TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -155,10 +157,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     let which = tokio::select! {
@@ -172,9 +171,7 @@ fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -208,15 +205,22 @@ fn policy(config: &Config) -> Policy {
     }
     let l = &config.limits;
     Policy {
-        limits: Limits {
-            max_bulk_len: l.max_bulk_len as usize,
-            max_array_len: l.max_array_len as usize,
-        },
+        limits: Limits { max_bulk_len: l.max_bulk_len as usize, max_array_len: l.max_array_len as usize },
         max_clients: l.max_clients as usize,
         idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
         max_pipeline: l.max_pipeline as usize,
         users,
         allow: config.allow_commands.clone(),
+        mirror_timeout: config.mirror.timeout,
+        flip_timeout: config.cutover.flip_timeout,
+    }
+}
+
+fn mirror_mode(mode: config::MirrorMode) -> MirrorMode {
+    match mode {
+        config::MirrorMode::Off => MirrorMode::Off,
+        config::MirrorMode::Async => MirrorMode::Async,
+        config::MirrorMode::Sync => MirrorMode::Sync,
     }
 }
 

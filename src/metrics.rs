@@ -4,8 +4,11 @@
 //! and bumped in batches by the client reader.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::mirror::Mirrors;
+use crate::route::Side;
 
 pub struct Metrics {
     registry: Registry,
@@ -19,62 +22,92 @@ pub struct Metrics {
     pub dedicated_opened: IntCounter,
     pub backend_up: IntGaugeVec,
     pub command_table_refresh: IntCounterVec,
+    /// Commands served, by side (`served[Side::index()]`).
+    pub served: [IntCounter; 2],
+    pub cross_side: IntCounter,
+    pub split: IntCounter,
+    pub sync_mirror_late: IntCounter,
+    pub flips: IntCounterVec,
+    pub flip_wait: Histogram,
+    pub cutover_percent: Gauge,
+    mirror_writes: IntCounterVec,
+    mirror_queue_depth: IntGaugeVec,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry =
-            Registry::new_custom(Some("tandem".into()), None).expect("static prefix is valid");
+        let registry = Registry::new_custom(Some("tandem".into()), None).expect("static prefix is valid");
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("static metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
-        let client_connections =
-            IntGauge::new("client_connections", "Client connections open now").expect("static");
-        registry
-            .register(Box::new(client_connections.clone()))
-            .expect("metric registered once");
-        let backend_up = IntGaugeVec::new(
-            Opts::new("backend_up", "1 if the backend's pooled connections are up"),
-            &["backend"],
-        )
-        .expect("static");
-        registry
-            .register(Box::new(backend_up.clone()))
-            .expect("metric registered once");
+        let client_connections = IntGauge::new("client_connections", "Client connections open now").expect("static");
+        registry.register(Box::new(client_connections.clone())).expect("metric registered once");
+        let backend_up =
+            IntGaugeVec::new(Opts::new("backend_up", "1 if the backend's pooled connections are up"), &["backend"])
+                .expect("static");
+        registry.register(Box::new(backend_up.clone())).expect("metric registered once");
         let command_table_refresh = IntCounterVec::new(
-            Opts::new(
-                "command_table_refresh_total",
-                "Command table refreshes from a backend's COMMAND reply",
-            ),
+            Opts::new("command_table_refresh_total", "Command table refreshes from a backend's COMMAND reply"),
             &["backend", "result"],
         )
         .expect("static");
-        registry
-            .register(Box::new(command_table_refresh.clone()))
-            .expect("metric registered once");
+        registry.register(Box::new(command_table_refresh.clone())).expect("metric registered once");
+        let served_vec = IntCounterVec::new(
+            Opts::new("commands_served_total", "Commands served, by the backend that served them"),
+            &["backend"],
+        )
+        .expect("static");
+        registry.register(Box::new(served_vec.clone())).expect("metric registered once");
+        let flips = IntCounterVec::new(
+            Opts::new("flips_total", "Cutover changes, by result (ok: backlog drained; timeout: swapped at flip_timeout)"),
+            &["result"],
+        )
+        .expect("static");
+        registry.register(Box::new(flips.clone())).expect("metric registered once");
+        let flip_wait = Histogram::with_opts(
+            HistogramOpts::new("flip_wait_seconds", "How long a cutover change waited for the mirror backlog")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("static");
+        registry.register(Box::new(flip_wait.clone())).expect("metric registered once");
+        let cutover_percent = Gauge::new("cutover_percent", "Share of hash slots served by the target").expect("static");
+        registry.register(Box::new(cutover_percent.clone())).expect("metric registered once");
+        let mirror_writes = IntCounterVec::new(
+            Opts::new("mirror_writes_total", "Mirrored writes by destination backend and outcome"),
+            &["backend", "outcome"],
+        )
+        .expect("static");
+        registry.register(Box::new(mirror_writes.clone())).expect("metric registered once");
+        let mirror_queue_depth = IntGaugeVec::new(
+            Opts::new("mirror_queue_depth", "Mirrored writes waiting to be sent, by destination backend"),
+            &["backend"],
+        )
+        .expect("static");
+        registry.register(Box::new(mirror_queue_depth.clone())).expect("metric registered once");
         Metrics {
+            served: [served_vec.with_label_values(&["source"]), served_vec.with_label_values(&["target"])],
+            cross_side: counter(
+                "cross_side_total",
+                "Multi-key commands with keys on both sides served by the first key's side",
+            ),
+            split: counter("split_commands_total", "Multi-key commands split between the two backends"),
+            sync_mirror_late: counter(
+                "sync_mirror_late_total",
+                "Sync-mode writes whose mirror did not finish within mirror.timeout (reply sent anyway)",
+            ),
+            flips,
+            flip_wait,
+            cutover_percent,
+            mirror_writes,
+            mirror_queue_depth,
             client_connections,
-            client_connections_total: counter(
-                "client_connections_total",
-                "Client connections accepted",
-            ),
-            clients_rejected: counter(
-                "clients_rejected_total",
-                "Client connections refused at limits.max_clients",
-            ),
+            client_connections_total: counter("client_connections_total", "Client connections accepted"),
+            clients_rejected: counter("clients_rejected_total", "Client connections refused at limits.max_clients"),
             commands: counter("commands_total", "Client commands received"),
-            protocol_errors: counter(
-                "protocol_errors_total",
-                "Clients closed for malformed or oversize requests",
-            ),
-            refused: counter(
-                "commands_refused_total",
-                "Commands refused by the proxy (dangerous, not allowed)",
-            ),
+            protocol_errors: counter("protocol_errors_total", "Clients closed for malformed or oversize requests"),
+            refused: counter("commands_refused_total", "Commands refused by the proxy (dangerous, not allowed)"),
             auth_failures: counter("auth_failures_total", "Failed AUTH / HELLO AUTH attempts"),
             dedicated_opened: counter(
                 "dedicated_connections_total",
@@ -83,6 +116,25 @@ impl Metrics {
             backend_up,
             command_table_refresh,
             registry,
+        }
+    }
+
+    /// Brings the mirror counters up to date from the queues' own accounting.
+    pub fn observe_mirrors(&self, mirrors: &Mirrors) {
+        for side in [Side::Source, Side::Target] {
+            let Some(q) = mirrors.queue(side) else { continue };
+            let s = q.stats.snapshot();
+            for (outcome, value) in [
+                ("enqueued", s.enqueued),
+                ("applied", s.applied),
+                ("error", s.error),
+                ("diverged", s.diverged),
+                ("dropped", s.dropped),
+            ] {
+                let c = self.mirror_writes.with_label_values(&[side.name(), outcome]);
+                c.inc_by(value.saturating_sub(c.get()));
+            }
+            self.mirror_queue_depth.with_label_values(&[side.name()]).set(q.depth() as i64);
         }
     }
 

@@ -16,9 +16,11 @@ use tokio::sync::{mpsc, watch};
 use crate::backend::{Backend, Handshake};
 use crate::client::auth::Users;
 use crate::metrics::Metrics;
+use crate::mirror::Mirrors;
 use crate::proto::commands::CommandTable;
 use crate::proto::reply::{self, Protocol};
 use crate::proto::request::Limits;
+use crate::route::{CutoverPlan, MirrorMode, Routing, Side};
 
 /// What the config says about serving clients, in the form the per-command path wants.
 #[derive(Clone, Debug)]
@@ -31,6 +33,10 @@ pub struct Policy {
     /// Lower-case command names (`config|set`) or containers (`config`) allowed despite
     /// being dangerous.
     pub allow: crate::config::AllowList,
+    /// How long a sync-mode reply waits for its mirror.
+    pub mirror_timeout: Duration,
+    /// How long a cutover change waits for the mirror backlog before swapping anyway.
+    pub flip_timeout: Duration,
 }
 
 impl Policy {
@@ -42,29 +48,134 @@ impl Policy {
 /// State shared by every connection of a running proxy.
 pub struct Proxy {
     pub policy: ArcSwap<Policy>,
-    pub commands: ArcSwap<CommandTable>,
+    pub commands: Arc<ArcSwap<CommandTable>>,
+    pub routing: ArcSwap<Routing>,
     pub source: Arc<Backend>,
     pub target: Option<Arc<Backend>>,
-    pub metrics: Metrics,
+    pub mirrors: Arc<Mirrors>,
+    pub metrics: Arc<Metrics>,
     clients: AtomicUsize,
     next_id: AtomicU64,
+    /// One cutover change at a time.
+    flip_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a cutover change did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FlipReport {
+    pub from_percent: f64,
+    pub to_percent: f64,
+    pub moved_slots: usize,
+    pub waited_ms: u64,
+    /// False when the backlog did not drain within `cutover.flip_timeout` and the swap went
+    /// ahead anyway.
+    pub drained: bool,
 }
 
 impl Proxy {
-    pub fn new(policy: Policy, source: Arc<Backend>, target: Option<Arc<Backend>>) -> Arc<Proxy> {
+    pub fn new(
+        policy: Policy,
+        routing: Routing,
+        source: Arc<Backend>,
+        target: Option<Arc<Backend>>,
+        mirror_queue_len: usize,
+        journal: Option<Arc<crate::mirror::journal::Journal>>,
+    ) -> Arc<Proxy> {
+        let commands = Arc::new(ArcSwap::from_pointee(CommandTable::builtin()));
+        let mirrors = Arc::new(Mirrors::new(&source, target.as_ref(), mirror_queue_len, commands.clone(), journal));
+        let metrics = Arc::new(Metrics::new());
+        metrics.cutover_percent.set(routing.plan.percent());
         Arc::new(Proxy {
             policy: ArcSwap::from_pointee(policy),
-            commands: ArcSwap::from_pointee(CommandTable::builtin()),
+            commands,
+            routing: ArcSwap::from_pointee(routing),
             source,
             target,
-            metrics: Metrics::new(),
+            mirrors,
+            metrics,
             clients: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            flip_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
         std::iter::once(&self.source).chain(self.target.iter())
+    }
+
+    /// The backend on `side` (the source when no target is configured).
+    pub fn backend(&self, side: Side) -> &Arc<Backend> {
+        match side {
+            Side::Target => self.target.as_ref().unwrap_or(&self.source),
+            Side::Source => &self.source,
+        }
+    }
+
+    pub fn mirror_timeout(&self) -> Duration {
+        self.policy.load().mirror_timeout
+    }
+
+    /// Changes the mirror mode at once (no data moves between sides).
+    pub fn set_mirror_mode(&self, mode: MirrorMode) {
+        let current = self.routing.load_full();
+        let mut next = Routing::clone(&current);
+        next.mirror = mode;
+        self.routing.store(Arc::new(next));
+        tracing::info!(mode = ?mode, "mirror mode changed");
+    }
+
+    /// Moves the cutover to `percent` without breaking read-your-writes.
+    ///
+    /// While the mirror backlog drains, writes to the slots changing sides are mirrored
+    /// synchronously; once every write acknowledged before the change has reached the new
+    /// serving side, the new plan is swapped in at once. The wait is bounded by
+    /// `cutover.flip_timeout`; when it runs out the swap proceeds and the event is logged
+    /// and counted. With mirroring off there is nothing to wait for.
+    pub async fn set_cutover(&self, percent: f64) -> FlipReport {
+        let _one_at_a_time = self.flip_lock.lock().await;
+        let started = std::time::Instant::now();
+        let current = self.routing.load_full();
+        let next_plan = CutoverPlan::new(percent);
+        let moving = current.plan.moving(&next_plan);
+        let from = current.plan.percent();
+        let mut drained = true;
+        if !moving.is_empty() && current.mirror != MirrorMode::Off && current.has_target {
+            let mut transition = Routing::clone(&current);
+            transition.moving = Some(moving.clone());
+            self.routing.store(Arc::new(transition));
+            let limit = self.policy.load().flip_timeout;
+            let wait = async {
+                // After the fence every write sent before the change has been answered, so
+                // its effect is in a mirror queue; then wait for those queues to drain.
+                for b in self.backends() {
+                    b.fence().await;
+                }
+                let a = self.mirrors.drain(Side::Target, limit).await;
+                let b = self.mirrors.drain(Side::Source, limit).await;
+                a && b
+            };
+            drained = tokio::time::timeout(limit, wait).await.unwrap_or(false);
+        }
+        let mut next = Routing::clone(&self.routing.load_full());
+        next.plan = next_plan;
+        next.moving = None;
+        self.routing.store(Arc::new(next));
+        let waited = started.elapsed();
+        self.metrics.flip_wait.observe(waited.as_secs_f64());
+        self.metrics.flips.with_label_values(&[if drained { "ok" } else { "timeout" }]).inc();
+        self.metrics.cutover_percent.set(percent.clamp(0.0, 100.0));
+        if drained {
+            tracing::info!(from, to = percent, moved_slots = moving.len(), waited_ms = waited.as_millis() as u64, "cutover changed");
+        } else {
+            tracing::warn!(from, to = percent, moved_slots = moving.len(), waited_ms = waited.as_millis() as u64, "cutover changed before the mirror backlog drained (flip_timeout)");
+        }
+        FlipReport {
+            from_percent: from,
+            to_percent: percent.clamp(0.0, 100.0),
+            moved_slots: moving.len(),
+            waited_ms: waited.as_millis() as u64,
+            drained,
+        }
     }
 
     pub fn client_count(&self) -> usize {
@@ -74,12 +185,7 @@ impl Proxy {
 
 /// Accepts clients until `shutdown` fires, then waits (at most `drain`) for connected clients
 /// to finish what they sent.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
     for backend in proxy.backends() {
         backend.warm_up();
         tokio::spawn(refresh_command_table(proxy.clone(), backend.clone()));
@@ -128,16 +234,9 @@ pub async fn serve(
     }
     drop(listener);
     drop(alive);
-    tracing::info!(
-        clients = proxy.client_count(),
-        "stopped accepting; draining clients"
-    );
+    tracing::info!(clients = proxy.client_count(), "stopped accepting; draining clients");
     if tokio::time::timeout(drain, done.recv()).await.is_err() {
-        tracing::warn!(
-            clients = proxy.client_count(),
-            ?drain,
-            "drain timed out; closing remaining clients"
-        );
+        tracing::warn!(clients = proxy.client_count(), ?drain, "drain timed out; closing remaining clients");
     }
 }
 
@@ -154,20 +253,12 @@ async fn refresh_command_table(proxy: Arc<Proxy>, backend: Arc<Backend>) {
                     added = table.merge_command_reply(&frame);
                     table
                 });
-                proxy
-                    .metrics
-                    .command_table_refresh
-                    .with_label_values(&[backend.name(), "ok"])
-                    .inc();
+                proxy.metrics.command_table_refresh.with_label_values(&[backend.name().as_ref(), "ok"]).inc();
                 tracing::info!(backend = %backend.name(), added, total = proxy.commands.load().len(), "command table refreshed");
                 return;
             }
             Err(e) => {
-                proxy
-                    .metrics
-                    .command_table_refresh
-                    .with_label_values(&[backend.name(), "error"])
-                    .inc();
+                proxy.metrics.command_table_refresh.with_label_values(&[backend.name(), "error"]).inc();
                 tracing::debug!(backend = %backend.name(), error = %e, "command table refresh failed; will retry");
             }
         }
@@ -176,9 +267,7 @@ async fn refresh_command_table(proxy: Arc<Proxy>, backend: Arc<Backend>) {
     }
 }
 
-async fn fetch_command_reply(
-    backend: &Backend,
-) -> anyhow::Result<redis_protocol::resp2::types::OwnedFrame> {
+async fn fetch_command_reply(backend: &Backend) -> anyhow::Result<redis_protocol::resp2::types::OwnedFrame> {
     let mut stream = backend.raw(&Handshake::pooled(Protocol::Resp2)).await?;
     stream.write_all(&reply::command(&["COMMAND"])).await?;
     let mut buf = bytes::BytesMut::with_capacity(256 * 1024);

@@ -60,12 +60,7 @@ fn wait_until_panics_on_deadline() {
 #[should_panic(expected = "waiting for: a future that never resolves")]
 async fn wait_until_async_bounds_hanging_conditions() {
     // The condition future itself hangs: the deadline must still apply.
-    wait_until_async(
-        Duration::from_millis(100),
-        "a future that never resolves",
-        std::future::pending::<bool>,
-    )
-    .await;
+    wait_until_async(Duration::from_millis(100), "a future that never resolves", std::future::pending::<bool>).await;
 }
 
 #[tokio::test]
@@ -104,11 +99,7 @@ async fn two_servers_are_independent() {
     assert_eq!(b.cli(&["GET", "k"]), "from-b");
     assert_eq!(a.cli(&["PING"]), "PONG");
     assert!(a.cli(&["NOSUCHCOMMAND"]).starts_with("ERR"));
-    assert!(
-        a.log().contains("Ready to accept connections"),
-        "{}",
-        a.log()
-    );
+    assert!(a.log().contains("Ready to accept connections"), "{}", a.log());
 }
 
 #[tokio::test]
@@ -122,10 +113,7 @@ async fn restart_keeps_port_and_serves_again() {
     s.restart();
     assert_eq!(s.port(), port);
     assert_ne!(s.pid(), old_pid);
-    assert!(
-        !process_alive(old_pid),
-        "old redis-server {old_pid} still alive"
-    );
+    assert!(!process_alive(old_pid), "old redis-server {old_pid} still alive");
     assert!(process_alive(s.pid()));
 
     // The old connection is dead; a new one works (data is gone: no persistence).
@@ -143,11 +131,7 @@ async fn requirepass_server_is_ready_and_helpers_authenticate() {
     // Unauthenticated raw access is refused...
     let mut raw = RawConn::connect(s.addr());
     let reply = raw.request(&["PING"]);
-    assert!(
-        reply.starts_with(b"-NOAUTH"),
-        "{:?}",
-        String::from_utf8_lossy(&reply)
-    );
+    assert!(reply.starts_with(b"-NOAUTH"), "{:?}", String::from_utf8_lossy(&reply));
     // ...while the helpers are authenticated.
     assert_eq!(s.cli(&["PING"]), "PONG");
     let mut c = s.conn().await;
@@ -174,10 +158,7 @@ fn drop_kills_the_process_and_removes_its_dir() {
         assert!(process_alive(s.pid()));
         (s.pid(), s.dir().to_path_buf())
     };
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "redis-server {pid} leaked"
-    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "redis-server {pid} leaked");
     assert!(!dir.exists(), "tempdir {} leaked", dir.display());
 }
 
@@ -193,19 +174,13 @@ async fn relay_passthrough() {
     let _: () = c.set("через", "relay").await.unwrap();
     assert_eq!(s.cli(&["GET", "через"]), "relay");
     assert_eq!(c.get::<_, String>("через").await.unwrap(), "relay");
-    wait_until(Duration::from_secs(5), "one relayed connection", || {
-        relay.connections() == 1
-    });
+    wait_until(Duration::from_secs(5), "one relayed connection", || relay.connections() == 1);
     drop(c);
     drop(client);
     // Async wait: the connection's driver task must get to run on this
     // (current-thread) runtime to close the socket.
-    wait_until_async(
-        Duration::from_secs(5),
-        "relayed connection to close",
-        || async { relay.connections() == 0 },
-    )
-    .await;
+    wait_until_async(Duration::from_secs(5), "relayed connection to close", || async { relay.connections() == 0 })
+        .await;
 
     // A url()-style upstream works too.
     let relay2 = Relay::start(s.url());
@@ -224,19 +199,13 @@ async fn relay_delay_slows_round_trips_and_can_be_removed() {
     let t = Instant::now();
     assert_eq!(ping(&mut c).await.unwrap(), "PONG");
     let slow = t.elapsed();
-    assert!(
-        slow >= Duration::from_millis(200),
-        "round trip took only {slow:?}"
-    );
+    assert!(slow >= Duration::from_millis(200), "round trip took only {slow:?}");
 
     relay.set_delay(Duration::ZERO);
     let t = Instant::now();
     ping(&mut c).await.unwrap();
     let fast = t.elapsed();
-    assert!(
-        fast < Duration::from_millis(200),
-        "round trip still slow: {fast:?}"
-    );
+    assert!(fast < Duration::from_millis(200), "round trip still slow: {fast:?}");
 }
 
 #[test]
@@ -267,10 +236,7 @@ fn relay_bandwidth_limit_throttles() {
     let reply = raw.request(&["GET", "big"]);
     let took = t.elapsed();
     assert_eq!(reply.len(), 10_000 + "$10000\r\n\r\n".len());
-    assert!(
-        took >= Duration::from_millis(350),
-        "10 KB at 20 KB/s took only {took:?}"
-    );
+    assert!(took >= Duration::from_millis(350), "10 KB at 20 KB/s took only {took:?}");
     relay.set_bandwidth(None);
     let t = Instant::now();
     raw.request(&["GET", "big"]);
@@ -287,15 +253,8 @@ async fn relay_blackhole_times_out_then_recovers_for_new_connections() {
 
     relay.blackhole(true);
     let r = tokio::time::timeout(Duration::from_millis(300), ping(&mut c)).await;
-    assert!(
-        r.is_err(),
-        "PING through a blackhole should time out, got {r:?}"
-    );
-    assert_eq!(
-        relay.connections(),
-        1,
-        "blackholed connection should stay open"
-    );
+    assert!(r.is_err(), "PING through a blackhole should time out, got {r:?}");
+    assert_eq!(relay.connections(), 1, "blackholed connection should stay open");
 
     // Raw view: a new connection is accepted, but nothing comes back.
     let mut raw = RawConn::connect(relay.addr());
@@ -319,11 +278,7 @@ async fn relay_reset_all_aborts_in_flight_requests() {
     // A request in flight: BLPOP blocks server-side for up to 5 s.
     let mut c2 = c.clone();
     let blpop = tokio::spawn(async move {
-        redis::cmd("BLPOP")
-            .arg("nokey")
-            .arg(5)
-            .query_async::<Option<(String, String)>>(&mut c2)
-            .await
+        redis::cmd("BLPOP").arg("nokey").arg(5).query_async::<Option<(String, String)>>(&mut c2).await
     });
     // Raw connection, to see the RST itself.
     let mut raw = RawConn::connect(relay.addr());
@@ -361,11 +316,7 @@ async fn relay_cut_truncates_a_reply() {
     assert_eq!(raw.request(&["PING"]), b"+PONG\r\n");
     relay.cut_after_reply_bytes(Some(3));
     raw.send_cmd(&["GET", "long"]);
-    assert_eq!(
-        raw.read_until_closed(),
-        b"$10",
-        "reply should be cut after 3 bytes"
-    );
+    assert_eq!(raw.read_until_closed(), b"$10", "reply should be cut after 3 bytes");
 
     // One-shot: disarmed now. Arm again for the redis crate.
     let mut c = connect_async(&redis::Client::open(relay.url()).unwrap(), "relay").await;
@@ -387,11 +338,7 @@ fn relay_corrupt_next_reply_garbles_one_chunk() {
     assert_eq!(raw.buffered(), b"?PONG\r\n");
 
     let mut raw2 = RawConn::connect(relay.addr());
-    assert_eq!(
-        raw2.request(&["PING"]),
-        b"+PONG\r\n",
-        "corruption is one-shot"
-    );
+    assert_eq!(raw2.request(&["PING"]), b"+PONG\r\n", "corruption is one-shot");
 }
 
 #[test]
@@ -404,11 +351,7 @@ fn relay_refuse_closes_new_connections() {
     relay.refuse(true);
     let mut raw = RawConn::connect(relay.addr());
     assert_eq!(raw.read_until_closed(), b"");
-    assert_eq!(
-        kept.request(&["PING"]),
-        b"+PONG\r\n",
-        "existing connections unaffected"
-    );
+    assert_eq!(kept.request(&["PING"]), b"+PONG\r\n", "existing connections unaffected");
 
     relay.refuse(false);
     let mut raw = RawConn::connect(relay.addr());
@@ -416,11 +359,7 @@ fn relay_refuse_closes_new_connections() {
     let before = relay.accepted();
     relay.set_upstream("127.0.0.1:1"); // nothing listens there
     let mut raw = RawConn::connect(relay.addr());
-    assert_eq!(
-        raw.read_until_closed(),
-        b"",
-        "unreachable upstream closes the client"
-    );
+    assert_eq!(raw.read_until_closed(), b"", "unreachable upstream closes the client");
     assert_eq!(relay.accepted(), before + 1);
 }
 
@@ -450,23 +389,10 @@ fn relay_stop_and_drop_close_everything() {
 fn raw_conn_reads_multibulk_byte_exactly() {
     let s = RedisServer::start();
     let mut raw = RawConn::connect(s.addr());
-    assert_eq!(
-        raw.request(&["RPUSH", "l", "a", "bb", "ccc", ""]),
-        b":4\r\n"
-    );
-    assert_eq!(
-        raw.request(&["LRANGE", "l", "0", "-1"]),
-        b"*4\r\n$1\r\na\r\n$2\r\nbb\r\n$3\r\nccc\r\n$0\r\n\r\n"
-    );
+    assert_eq!(raw.request(&["RPUSH", "l", "a", "bb", "ccc", ""]), b":4\r\n");
+    assert_eq!(raw.request(&["LRANGE", "l", "0", "-1"]), b"*4\r\n$1\r\na\r\n$2\r\nbb\r\n$3\r\nccc\r\n$0\r\n\r\n");
     // RESP2 nulls and errors; pipelined replies come out one frame at a time.
-    raw.send(
-        &[
-            encode_cmd(&["GET", "missing"]),
-            encode_cmd(&["LPOP", "missing", "1"]),
-            encode_cmd(&["NOPE"]),
-        ]
-        .concat(),
-    );
+    raw.send(&[encode_cmd(&["GET", "missing"]), encode_cmd(&["LPOP", "missing", "1"]), encode_cmd(&["NOPE"])].concat());
     assert_eq!(raw.read_reply(), b"$-1\r\n");
     assert_eq!(raw.read_reply(), b"*-1\r\n");
     assert!(raw.read_reply().starts_with(b"-ERR unknown command"));
@@ -475,11 +401,7 @@ fn raw_conn_reads_multibulk_byte_exactly() {
     assert_eq!(raw.read_reply(), b"+PONG\r\n");
     raw.send(b"*1\r\n$-5\r\n");
     assert!(raw.read_reply().starts_with(b"-ERR Protocol error"));
-    assert_eq!(
-        raw.read_until_closed(),
-        b"",
-        "redis closes after a protocol error"
-    );
+    assert_eq!(raw.read_until_closed(), b"", "redis closes after a protocol error");
 }
 
 #[test]
@@ -487,29 +409,16 @@ fn raw_conn_reads_resp3_byte_exactly() {
     let s = RedisServer::start();
     let mut raw = RawConn::connect(s.addr());
     let hello = raw.request(&["HELLO", "3"]);
-    assert!(
-        hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"),
-        "{:?}",
-        String::from_utf8_lossy(&hello)
-    );
-    assert_eq!(
-        raw.request(&["HSET", "h", "f1", "v1", "f2", "v2"]),
-        b":2\r\n"
-    );
-    assert_eq!(
-        raw.request(&["HGETALL", "h"]),
-        b"%2\r\n$2\r\nf1\r\n$2\r\nv1\r\n$2\r\nf2\r\n$2\r\nv2\r\n"
-    );
+    assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{:?}", String::from_utf8_lossy(&hello));
+    assert_eq!(raw.request(&["HSET", "h", "f1", "v1", "f2", "v2"]), b":2\r\n");
+    assert_eq!(raw.request(&["HGETALL", "h"]), b"%2\r\n$2\r\nf1\r\n$2\r\nv1\r\n$2\r\nf2\r\n$2\r\nv2\r\n");
     assert_eq!(raw.request(&["GET", "missing"]), b"_\r\n");
     raw.request(&["ZADD", "z", "1.5", "m"]);
     assert_eq!(raw.request(&["ZSCORE", "z", "m"]), b",1.5\r\n");
     assert_eq!(raw.request(&["SADD", "s", "x"]), b":1\r\n");
     assert_eq!(raw.request(&["SMEMBERS", "s"]), b"~1\r\n$1\r\nx\r\n");
     // Push message after SUBSCRIBE.
-    assert_eq!(
-        raw.request(&["SUBSCRIBE", "ch"]),
-        b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
-    );
+    assert_eq!(raw.request(&["SUBSCRIBE", "ch"]), b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
 }
 
 #[test]
@@ -531,10 +440,7 @@ fn resp_frame_len_handles_all_types() {
     assert_eq!(resp_frame_len(b"|1\r\n+a\r\n:1\r\n"), Ok(None));
     assert!(resp_frame_len(b"?PONG\r\n").is_err());
     assert!(resp_frame_len(b"*x\r\n").is_err());
-    assert_eq!(
-        encode_cmd(&["SET", "k", ""]),
-        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"
-    );
+    assert_eq!(encode_cmd(&["SET", "k", ""]), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
 }
 
 // --------------------------------------------------------------- Tandem
@@ -581,18 +487,8 @@ fn tandem_lifecycle_with_fake_binary() {
     let mut c = t.client().get_connection().unwrap();
     let _: () = redis::cmd("SET").arg("a").arg("1").query(&mut c).unwrap();
     assert_eq!(t.cli(&["GET", "a"]), "1");
-    assert!(
-        t.log().contains(&format!(
-            "listening on 127.0.0.1:{} FAKE_ENV=hello",
-            t.port()
-        )),
-        "{}",
-        t.log()
-    );
-    assert_eq!(
-        std::fs::read_to_string(t.config_path()).unwrap(),
-        "source: redis://example\n"
-    );
+    assert!(t.log().contains(&format!("listening on 127.0.0.1:{} FAKE_ENV=hello", t.port())), "{}", t.log());
+    assert_eq!(std::fs::read_to_string(t.config_path()).unwrap(), "source: redis://example\n");
 
     // HUP is ignored by redis-server: still running.
     t.signal("HUP");
@@ -601,9 +497,7 @@ fn tandem_lifecycle_with_fake_binary() {
 
     let pid = t.pid();
     t.signal("TERM");
-    let status = t
-        .wait_exit(Duration::from_secs(5))
-        .expect("exits after TERM");
+    let status = t.wait_exit(Duration::from_secs(5)).expect("exits after TERM");
     assert!(status.success(), "{status}");
     assert_eq!(t.wait_exit(Duration::ZERO), Some(status));
     assert!(!process_alive(pid));

@@ -63,11 +63,7 @@ fn replies_are_byte_identical_to_direct_redis() {
     for cmd in script {
         let a = direct.request(cmd);
         let b = via.request(cmd);
-        assert_eq!(
-            String::from_utf8_lossy(&a),
-            String::from_utf8_lossy(&b),
-            "reply to {cmd:?}"
-        );
+        assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b), "reply to {cmd:?}");
     }
 }
 
@@ -124,22 +120,12 @@ fn resp3_after_hello_3_and_back() {
     let proxy = proxy_for(&redis);
     let mut c = RawConn::connect(proxy.addr());
     c.request(&["HSET", "h", "a", "1"]);
-    assert!(
-        c.request(&["HGETALL", "h"]).starts_with(b"*2\r\n"),
-        "RESP2 array before HELLO"
-    );
+    assert!(c.request(&["HGETALL", "h"]).starts_with(b"*2\r\n"), "RESP2 array before HELLO");
 
     let hello = c.request(&["HELLO", "3"]);
-    assert!(
-        hello.starts_with(b"%7\r\n"),
-        "HELLO 3 answers with a map: {}",
-        String::from_utf8_lossy(&hello)
-    );
+    assert!(hello.starts_with(b"%7\r\n"), "HELLO 3 answers with a map: {}", String::from_utf8_lossy(&hello));
     assert!(String::from_utf8_lossy(&hello).contains("proto\r\n:3"));
-    assert_eq!(
-        c.request(&["HGETALL", "h"]),
-        b"%1\r\n$1\r\na\r\n$1\r\n1\r\n"
-    );
+    assert_eq!(c.request(&["HGETALL", "h"]), b"%1\r\n$1\r\na\r\n$1\r\n1\r\n");
     assert_eq!(c.request(&["GET", "missing"]), b"_\r\n");
 
     let hello2 = c.request(&["HELLO", "2"]);
@@ -186,10 +172,7 @@ fn command_table_is_refreshed_from_the_backend() {
     let proxy = proxy_for(&redis);
     proxy.wait_for_log("command table refreshed", Duration::from_secs(10));
     let metrics = http_get(proxy.admin_port(), "/metrics");
-    assert!(
-        metrics.contains("tandem_command_table_refresh_total{backend=\"source\",result=\"ok\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("tandem_command_table_refresh_total{backend=\"source\",result=\"ok\"} 1"), "{metrics}");
 }
 
 #[test]
@@ -199,30 +182,14 @@ fn redis_benchmark_through_the_proxy_has_no_errors() {
     let started = Instant::now();
     let out = std::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
-        .args([
-            "-t",
-            "set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,lrange,mset",
-        ])
+        .args(["-t", "set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,lrange,mset"])
         .args(["-n", "5000", "-P", "16", "-c", "20", "-q"])
         .output()
         .expect("redis-benchmark runs");
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!text.to_lowercase().contains("error"), "{text}");
-    for test in [
-        "SET:",
-        "GET:",
-        "INCR:",
-        "LPUSH:",
-        "SPOP:",
-        "LRANGE_100",
-        "MSET",
-    ] {
+    for test in ["SET:", "GET:", "INCR:", "LPUSH:", "SPOP:", "LRANGE_100", "MSET"] {
         assert!(text.contains(test), "{test} missing from: {text}");
     }
     assert!(started.elapsed() < Duration::from_secs(120));
@@ -233,11 +200,7 @@ pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

@@ -24,11 +24,7 @@ pub struct Handshake {
 
 impl Handshake {
     pub fn pooled(proto: Protocol) -> Handshake {
-        Handshake {
-            proto,
-            db: None,
-            name: None,
-        }
+        Handshake { proto, db: None, name: None }
     }
 }
 
@@ -39,25 +35,16 @@ pub(super) async fn connect(
     hs: &Handshake,
 ) -> Result<(TcpStream, Option<String>), BackendError> {
     let name = &settings.name;
-    let mut stream =
-        match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(BackendError::unavailable(
-                    name,
-                    format!("connect {}: {e}", settings.addr),
-                ))
-            }
-            Err(_) => {
-                return Err(BackendError::unavailable(
-                    name,
-                    format!(
-                        "connect {}: timed out after {:?}",
-                        settings.addr, settings.connect_timeout
-                    ),
-                ))
-            }
-        };
+    let mut stream = match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(BackendError::unavailable(name, format!("connect {}: {e}", settings.addr))),
+        Err(_) => {
+            return Err(BackendError::unavailable(
+                name,
+                format!("connect {}: timed out after {:?}", settings.addr, settings.connect_timeout),
+            ))
+        }
+    };
     let _ = stream.set_nodelay(true);
 
     // HELLO both authenticates and fixes the protocol in one round trip.
@@ -73,10 +60,7 @@ pub(super) async fn connect(
     let mut expected = 1;
     let db = hs.db.unwrap_or(settings.db);
     if db != 0 {
-        out.put(reply::command(&[
-            b"SELECT".as_slice(),
-            db.to_string().as_bytes(),
-        ]));
+        out.put(reply::command(&[b"SELECT".as_slice(), db.to_string().as_bytes()]));
         expected += 1;
     }
     if let Some(n) = &hs.name {
@@ -99,10 +83,7 @@ pub(super) async fn connect(
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
             if stream.read_buf(&mut buf).await? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed during handshake",
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during handshake"));
             }
         }
         Ok(frames)
@@ -116,10 +97,7 @@ pub(super) async fn connect(
     for frame in &frames {
         match frame {
             OwnedFrame::SimpleError { data, .. } => {
-                return Err(BackendError::unavailable(
-                    name,
-                    format!("handshake refused: {data}"),
-                ))
+                return Err(BackendError::unavailable(name, format!("handshake refused: {data}")))
             }
             OwnedFrame::BlobError { data, .. } => {
                 return Err(BackendError::unavailable(
@@ -145,10 +123,9 @@ fn hello_version(frame: &OwnedFrame) -> Option<String> {
         _ => None,
     };
     match frame {
-        OwnedFrame::Map { data, .. } => data
-            .iter()
-            .find(|(k, _)| text(k).as_deref() == Some("version"))
-            .and_then(|(_, v)| text(v)),
+        OwnedFrame::Map { data, .. } => {
+            data.iter().find(|(k, _)| text(k).as_deref() == Some("version")).and_then(|(_, v)| text(v))
+        }
         OwnedFrame::Array { data, .. } => data
             .chunks(2)
             .find(|kv| kv.first().and_then(text).as_deref() == Some("version"))

@@ -28,9 +28,7 @@ impl DedicatedConn {
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         tokio::spawn(async move {
             // No silence limit: a BLPOP may rightly wait for as long as the client asked.
-            if let End::Failed(err) =
-                pipeline::run(stream, &mut rx, None, &settings.name, pushes.as_ref()).await
-            {
+            if let End::Failed(err) = pipeline::run(stream, &mut rx, None, &settings.name, pushes.as_ref()).await {
                 tracing::debug!(backend = %settings.name, error = %err, "dedicated connection ended");
                 rx.close();
                 while let Ok(job) = rx.try_recv() {
@@ -38,11 +36,7 @@ impl DedicatedConn {
                 }
             }
         });
-        Ok(DedicatedConn {
-            tx,
-            handshake: hs.clone(),
-            backend: name,
-        })
+        Ok(DedicatedConn { tx, handshake: hs.clone(), backend: name })
     }
 
     /// The state this connection was opened with (kept current by the client).
@@ -60,13 +54,10 @@ impl DedicatedConn {
     }
 
     pub async fn send(&self, job: Job) -> Result<(), BackendError> {
-        self.tx
-            .send(job)
-            .await
-            .map_err(|mpsc::error::SendError(job)| {
-                let err = BackendError::unavailable(&self.backend, "dedicated connection lost");
-                job.fail(&err);
-                err
-            })
+        self.tx.send(job).await.map_err(|mpsc::error::SendError(job)| {
+            let err = BackendError::unavailable(&self.backend, "dedicated connection lost");
+            job.fail(&err);
+            err
+        })
     }
 }

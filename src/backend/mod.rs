@@ -74,14 +74,14 @@ impl std::fmt::Debug for BackendSettings {
 pub enum BackendError {
     #[error("backend {backend} unavailable: {reason}")]
     Unavailable { backend: Arc<str>, reason: Arc<str> },
+    /// A bounded queue in front of the backend was full; the job never reached it.
+    #[error("backend {backend} overloaded: {what} full")]
+    Overloaded { backend: Arc<str>, what: &'static str },
 }
 
 impl BackendError {
     pub fn unavailable(backend: &Arc<str>, reason: impl std::fmt::Display) -> BackendError {
-        BackendError::Unavailable {
-            backend: backend.clone(),
-            reason: reason.to_string().into(),
-        }
+        BackendError::Unavailable { backend: backend.clone(), reason: reason.to_string().into() }
     }
 
     /// `-ERR tandem: backend <name> unavailable: <reason>`
@@ -95,26 +95,36 @@ pub type Reply = Result<Bytes, BackendError>;
 
 /// Where a reply goes.
 pub enum Sink {
-    /// Someone awaits it (a client's writer, a mirror accountant ...).
+    /// Someone awaits it (a client's writer).
     Reply(oneshot::Sender<Reply>),
+    /// Called on the connection's reader as the reply arrives, so work that must follow the
+    /// order in which the backend applied commands (enqueueing a mirror effect, accounting
+    /// a mirrored write) happens in exactly that order.
+    Callback(Box<dyn FnOnce(Reply) + Send>),
     /// Nobody needs it (state replays such as `SELECT` on a dedicated connection).
     Discard,
 }
 
 impl Sink {
     fn deliver(self, reply: Reply) {
-        if let Sink::Reply(tx) = self {
+        match self {
             // The receiver may have gone (client disconnected): nothing to do then.
-            let _ = tx.send(reply);
+            Sink::Reply(tx) => {
+                let _ = tx.send(reply);
+            }
+            Sink::Callback(f) => f(reply),
+            Sink::Discard => {}
         }
     }
 }
 
-/// Bytes to write to a backend and how many reply frames they produce. Only the last frame
-/// is delivered (a `MULTI ... EXEC` block is answered by its `EXEC`).
+/// Bytes to write to a backend and how many reply frames they produce. One frame is
+/// delivered: the one at index `pick` (a `MULTI ... EXEC` block is answered by its `EXEC`;
+/// `SELECT n; cmd; SELECT 0` by the command in the middle).
 pub struct Job {
     pub payload: Bytes,
     pub replies: u32,
+    pub pick: u32,
     pub sink: Sink,
 }
 
@@ -122,14 +132,12 @@ impl Job {
     /// One command, one reply, delivered to a new one-shot channel.
     pub fn single(payload: Bytes) -> (Job, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
-        (
-            Job {
-                payload,
-                replies: 1,
-                sink: Sink::Reply(tx),
-            },
-            rx,
-        )
+        (Job { payload, replies: 1, pick: 0, sink: Sink::Reply(tx) }, rx)
+    }
+
+    /// One command whose reply nobody needs.
+    pub fn discard(payload: Bytes) -> Job {
+        Job { payload, replies: 1, pick: 0, sink: Sink::Discard }
     }
 
     pub fn fail(self, err: &BackendError) {
@@ -222,6 +230,31 @@ impl Backend {
     /// Opens the RESP2 pool now, so the first client does not pay for the connect.
     pub fn warm_up(&self) {
         let _ = self.shared(Protocol::Resp2, 0);
+    }
+
+    /// Resolves once every command sent to the pooled connections before the call has been
+    /// answered (a PING through each connection; connections are FIFO). Used by flips: after
+    /// the fence, every earlier write's mirror effect has been enqueued.
+    pub async fn fence(&self) {
+        let mut waits = Vec::new();
+        for pool in &self.pools {
+            if let Some(conns) = pool.get() {
+                for conn in conns {
+                    let (job, rx) = Job::single(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+                    conn.send(job).await;
+                    waits.push(rx);
+                }
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+    }
+
+    /// A connection of its own for mirrored writes, with a queue of `capacity` jobs that
+    /// callers fill with [`SharedConn::try_send`] so a slow mirror never blocks them.
+    pub fn mirror_conn(&self, capacity: usize) -> SharedConn {
+        SharedConn::spawn_with(self.settings.clone(), Protocol::Resp2, Arc::new(Health::default()), capacity)
     }
 
     /// Opens a dedicated connection carrying the given per-connection state.

@@ -36,7 +36,10 @@ pub(super) enum End {
 
 struct Waiter {
     left: u32,
+    /// Frames still to skip before the one to deliver.
+    skip: u32,
     sink: Sink,
+    picked: Option<bytes::Bytes>,
 }
 
 struct Shared {
@@ -54,8 +57,7 @@ impl Shared {
     }
 
     fn touch(&self) {
-        self.since_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.since_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn quiet_for(&self) -> Duration {
@@ -131,15 +133,18 @@ pub(super) async fn run(
                 }
                 let mut waiters = shared.waiters();
                 let Some(front) = waiters.front_mut() else {
-                    return Err(BackendError::unavailable(
-                        backend,
-                        "reply without a request (protocol desync)",
-                    ));
+                    return Err(BackendError::unavailable(backend, "reply without a request (protocol desync)"));
                 };
                 front.left -= 1;
+                if front.skip == 0 && front.picked.is_none() {
+                    front.picked = Some(frame);
+                } else {
+                    front.skip = front.skip.saturating_sub(1);
+                }
                 if front.left == 0 {
                     if let Some(w) = waiters.pop_front() {
-                        w.sink.deliver(Ok(frame));
+                        drop(waiters);
+                        w.sink.deliver(Ok(w.picked.unwrap_or_default()));
                     }
                 }
                 shared.touch();
@@ -153,22 +158,14 @@ pub(super) async fn run(
                     Ok(r) => r,
                     Err(_) => {
                         if !shared.waiters().is_empty() && shared.quiet_for() >= limit {
-                            return Err(BackendError::unavailable(
-                                backend,
-                                format!("no reply within {limit:?}"),
-                            ));
+                            return Err(BackendError::unavailable(backend, format!("no reply within {limit:?}")));
                         }
                         continue;
                     }
                 },
             };
             match read {
-                Ok(0) => {
-                    return Err(BackendError::unavailable(
-                        backend,
-                        "connection closed by backend",
-                    ))
-                }
+                Ok(0) => return Err(BackendError::unavailable(backend, "connection closed by backend")),
                 Ok(_) => {}
                 Err(e) => return Err(BackendError::unavailable(backend, format!("read: {e}"))),
             }
@@ -203,9 +200,6 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) {
     if job.replies == 0 {
         job.sink.deliver(Ok(bytes::Bytes::new()));
     } else {
-        waiters.push_back(Waiter {
-            left: job.replies,
-            sink: job.sink,
-        });
+        waiters.push_back(Waiter { left: job.replies, skip: job.pick, sink: job.sink, picked: None });
     }
 }

@@ -24,34 +24,43 @@ pub struct SharedConn {
 }
 
 impl SharedConn {
-    pub(super) fn spawn(
+    pub(super) fn spawn(settings: Arc<BackendSettings>, proto: Protocol, health: Arc<Health>) -> SharedConn {
+        SharedConn::spawn_with(settings, proto, health, QUEUE)
+    }
+
+    pub(super) fn spawn_with(
         settings: Arc<BackendSettings>,
         proto: Protocol,
         health: Arc<Health>,
+        capacity: usize,
     ) -> SharedConn {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(supervise(settings, proto, rx, health));
         SharedConn { tx }
+    }
+
+    /// Queues a job if there is room; gives it back otherwise.
+    pub fn try_send(&self, job: Job) -> Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        })
+    }
+
+    /// Jobs waiting in the queue (not yet written to the backend).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues a job; waits only if the connection's queue is full.
     pub async fn send(&self, job: Job) {
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
             // Only happens while the process shuts down.
-            job.fail(&BackendError::Unavailable {
-                backend: "pool".into(),
-                reason: "shutting down".into(),
-            });
+            job.fail(&BackendError::Unavailable { backend: "pool".into(), reason: "shutting down".into() });
         }
     }
 }
 
-async fn supervise(
-    settings: Arc<BackendSettings>,
-    proto: Protocol,
-    mut rx: mpsc::Receiver<Job>,
-    health: Arc<Health>,
-) {
+async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc::Receiver<Job>, health: Arc<Health>) {
     let hs = Handshake::pooled(proto);
     let mut backoff = settings.backoff_min;
     loop {
@@ -62,15 +71,7 @@ async fn supervise(
                 }
                 health.set_up();
                 backoff = settings.backoff_min;
-                match pipeline::run(
-                    stream,
-                    &mut rx,
-                    Some(settings.command_timeout),
-                    &settings.name,
-                    None,
-                )
-                .await
-                {
+                match pipeline::run(stream, &mut rx, Some(settings.command_timeout), &settings.name, None).await {
                     End::Finished => return,
                     End::Failed(err) => err,
                 }

@@ -22,19 +22,12 @@ pub struct Users {
 impl Users {
     /// Adds a user given its password in clear (from env or file).
     pub fn add_password(&mut self, name: &str, password: &str, read_only: bool) {
-        self.users.insert(
-            name.to_string(),
-            User {
-                digest: sha256(password.as_bytes()),
-                read_only,
-            },
-        );
+        self.users.insert(name.to_string(), User { digest: sha256(password.as_bytes()), read_only });
     }
 
     /// Adds a user given the SHA-256 of its password.
     pub fn add_digest(&mut self, name: &str, digest: [u8; 32], read_only: bool) {
-        self.users
-            .insert(name.to_string(), User { digest, read_only });
+        self.users.insert(name.to_string(), User { digest, read_only });
     }
 
     pub fn enabled(&self) -> bool {
@@ -45,14 +38,9 @@ impl Users {
     pub fn verify(&self, name: &[u8], password: &[u8]) -> Option<&User> {
         let candidate = sha256(password);
         // Hash even for unknown users so timing does not reveal which names exist.
-        let user = std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| self.users.get(n));
+        let user = std::str::from_utf8(name).ok().and_then(|n| self.users.get(n));
         let stored = user.map(|u| u.digest).unwrap_or([0xa5; 32]);
-        let diff = stored
-            .iter()
-            .zip(candidate.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = stored.iter().zip(candidate.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             user
         } else {

@@ -10,11 +10,18 @@
 //! - **pipe**: after SUBSCRIBE the connection becomes a pass-through to a backend connection,
 //!   since Pub/Sub pushes do not pair with requests.
 //!
-//! When a client moves between the shared and the dedicated connection, the reader first
-//! waits until every earlier reply is in ([`writer::Out::Barrier`]): the two connections are
+//! When a client moves between the shared and a dedicated connection, the reader first
+//! waits until every earlier reply is in ([`writer::Out::Barrier`]): the connections are
 //! independent, and without the wait a command could overtake one sent before it.
+//!
+//! With two backends, each command is served by the side its first key's slot maps to
+//! ([`crate::route::Routing`]); a write's effect is then mirrored to the other side from the
+//! serving connection's reader, in the order the serving backend applied it. Transactions
+//! are queued here and sent as one `MULTI ... EXEC` block to one side, so the mirror can
+//! replay exactly the block that succeeded.
 
 pub mod auth;
+mod merge;
 mod writer;
 
 use std::sync::Arc;
@@ -26,17 +33,19 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, Sink};
-use crate::proto::commands::Flags;
+use crate::proto::commands::{CommandInfo, Flags};
 use crate::proto::reply::{self, HelloValue, Protocol};
 use crate::proto::request::{self, Request};
+use crate::route::{MirrorMode, Routing, Side};
 use crate::server::Proxy;
+use merge::MergeKind;
 use writer::Out;
 
 /// Which backend connection the previous request went to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Shared,
-    Dedicated,
+    Dedicated(Side),
 }
 
 /// What the reader should do after a request.
@@ -54,12 +63,15 @@ struct Session {
     authenticated: bool,
     read_only: bool,
     in_multi: bool,
-    /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
+    /// Commands queued since MULTI, sent as one block at EXEC.
+    queued: Vec<Request>,
+    /// A command inside MULTI was refused: EXEC must abort, as Redis would.
     multi_poisoned: bool,
-    watching: bool,
+    /// The side whose dedicated connection holds the client's WATCH, if any.
+    watching: Option<Side>,
     tracking: bool,
     last_path: Path,
-    dedicated: Option<DedicatedConn>,
+    dedicated: [Option<DedicatedConn>; 2],
     /// Pub/Sub pass-through: requests are written here as they are.
     pipe: Option<OwnedWriteHalf>,
     out: mpsc::Sender<Out>,
@@ -67,18 +79,13 @@ struct Session {
 }
 
 /// Serves one client until it disconnects, misbehaves, or the proxy shuts down.
-pub async fn serve(
-    stream: TcpStream,
-    proxy: Arc<Proxy>,
-    id: u64,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let policy = proxy.policy.load_full();
     let (mut rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(policy.max_pipeline.max(1));
     let (push_tx, push_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer::run(wr, out_rx, push_rx));
+    let writer = tokio::spawn(writer::run(wr, out_rx, push_rx, proxy.metrics.clone()));
 
     let mut session = Session {
         id,
@@ -88,11 +95,12 @@ pub async fn serve(
         authenticated: !policy.users.enabled(),
         read_only: false,
         in_multi: false,
+        queued: Vec::new(),
         multi_poisoned: false,
-        watching: false,
+        watching: None,
         tracking: false,
         last_path: Path::Shared,
-        dedicated: None,
+        dedicated: [None, None],
         pipe: None,
         out: out_tx,
         pushes: push_tx,
@@ -115,10 +123,7 @@ pub async fn serve(
                 Err(e) => {
                     proxy.metrics.protocol_errors.inc();
                     tracing::info!(client = id, error = %e, "closing client after protocol error");
-                    let _ = session
-                        .out
-                        .send(Out::Ready(reply::error(&e.client_message())))
-                        .await;
+                    let _ = session.out.send(Out::Ready(reply::error(&e.client_message()))).await;
                     break 'conn;
                 }
             }
@@ -128,16 +133,10 @@ pub async fn serve(
             buf = BytesMut::with_capacity(4096);
         }
 
-        let idle = proxy
-            .policy
-            .load()
-            .idle_timeout
-            .filter(|_| session.is_idle_checked());
+        let idle = proxy.policy.load().idle_timeout.filter(|_| session.is_idle_checked());
         let read = async {
             match idle {
-                Some(limit) => tokio::time::timeout(limit, rd.read_buf(&mut buf))
-                    .await
-                    .ok(),
+                Some(limit) => tokio::time::timeout(limit, rd.read_buf(&mut buf)).await.ok(),
                 None => Some(rd.read_buf(&mut buf).await),
             }
         };
@@ -167,12 +166,12 @@ struct Gone;
 impl Session {
     /// Idle clients are closed only when nothing of theirs can legitimately be waiting.
     fn is_idle_checked(&self) -> bool {
-        self.pipe.is_none() && self.last_path == Path::Shared && !self.in_multi && !self.watching
+        self.pipe.is_none() && self.last_path == Path::Shared && !self.in_multi && self.watching.is_none()
     }
 
-    /// True while the client holds state that only its dedicated connection has.
+    /// True while the client holds state that only a dedicated connection has.
     fn pinned(&self) -> bool {
-        self.in_multi || self.watching || self.tracking || self.db != 0
+        self.tracking || self.db != 0
     }
 
     async fn reply(&self, bytes: Bytes) -> Result<Flow, Gone> {
@@ -182,6 +181,11 @@ impl Session {
 
     async fn error(&self, text: &str) -> Result<Flow, Gone> {
         self.reply(reply::error(text)).await
+    }
+
+    async fn queue(&self, out: Out) -> Result<Flow, Gone> {
+        self.out.send(out).await.map_err(|_| Gone)?;
+        Ok(Flow::Continue)
     }
 
     /// Waits until every reply queued so far has been received from its backend.
@@ -200,15 +204,11 @@ impl Session {
     }
 
     fn handshake(&self) -> Handshake {
-        Handshake {
-            proto: self.proto,
-            db: (self.db != 0).then_some(self.db),
-            name: self.name.clone(),
-        }
+        Handshake { proto: self.proto, db: (self.db != 0).then_some(self.db), name: self.name.clone() }
     }
 
-    fn backend<'p>(&self, proxy: &'p Proxy) -> &'p Arc<Backend> {
-        &proxy.source
+    fn backend<'p>(&self, proxy: &'p Proxy, side: Side) -> &'p Arc<Backend> {
+        proxy.backend(side)
     }
 
     async fn handle(&mut self, proxy: &Proxy, req: Request) -> Result<Flow, Gone> {
@@ -220,8 +220,6 @@ impl Session {
         let info = table.lookup(&argv);
         let name: &str = info.map(|i| i.name.as_ref()).unwrap_or("");
         let flags = info.map(|i| i.flags).unwrap_or(Flags::empty());
-        let blocking = info.is_some_and(|i| i.blocks(&argv));
-        drop(argv);
 
         if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
             return self.error("NOAUTH Authentication required.").await;
@@ -246,10 +244,7 @@ impl Session {
                 return self.reply(r).await;
             }
             "client|reply" => {
-                return self
-                    .refuse_in_multi(
-                        "ERR tandem: CLIENT REPLY is not supported: every request gets its reply",
-                    )
+                return self.refuse_in_multi("ERR tandem: CLIENT REPLY is not supported: every request gets its reply")
                     .await
             }
             _ => {}
@@ -273,52 +268,105 @@ impl Session {
             return self.refuse_in_multi(&text).await;
         }
 
-        if flags.contains(Flags::SUBSCRIBE) && !self.in_multi {
-            return self.enter_pipe(proxy, req).await;
-        }
-
-        // Track transaction and tracking state; the backend gives the real reply.
+        // Transactions are assembled here and sent whole at EXEC.
         match name {
-            "multi" if !self.in_multi => {
-                self.in_multi = true;
-                self.multi_poisoned = false;
+            "multi" => return self.multi().await,
+            "exec" => return self.exec(proxy).await,
+            "discard" => return self.discard(proxy).await,
+            "watch" if self.in_multi => return self.error("ERR WATCH inside MULTI is not allowed").await,
+            "watch" => {
+                drop(argv);
+                return self.watch(proxy, info, req).await;
             }
-            "exec" | "discard" if self.in_multi => {
-                let poisoned = std::mem::take(&mut self.multi_poisoned);
-                self.in_multi = false;
-                self.watching = false;
-                if poisoned {
-                    // The backend queued the transaction; throw it away and answer as Redis.
-                    self.forward(
-                        proxy,
-                        Request::from_args(&["DISCARD"]),
-                        Path::Dedicated,
-                        false,
-                    )
-                    .await?;
-                    self.in_multi = false;
-                    return if name == "exec" {
-                        self.error("EXECABORT Transaction discarded because of previous errors.")
-                            .await
-                    } else {
-                        self.reply(reply::ok()).await
-                    };
-                }
-                return self.forward(proxy, req, Path::Dedicated, true).await;
-            }
-            "watch" if !self.in_multi => self.watching = true,
-            "unwatch" => self.watching = false,
-            "client|tracking" => self.tracking = !req.arg_is(2, "off"),
-            "client|caching" | "client|no-evict" | "client|no-touch" => self.tracking = true,
+            "unwatch" if !self.in_multi => return self.unwatch(proxy).await,
             _ => {}
         }
+        if self.in_multi {
+            return match info {
+                None => {
+                    self.multi_poisoned = true;
+                    let text = format!(
+                        "ERR unknown command '{}', with args beginning with: ",
+                        String::from_utf8_lossy(req.arg(0))
+                    );
+                    self.error(&text).await
+                }
+                Some(i) if !i.arity_ok(req.argc()) => {
+                    self.multi_poisoned = true;
+                    let text = format!("ERR wrong number of arguments for '{}' command", i.name.replace('|', " "));
+                    self.error(&text).await
+                }
+                Some(_) => {
+                    drop(argv);
+                    self.queued.push(req);
+                    self.reply(Bytes::from_static(b"+QUEUED\r\n")).await
+                }
+            };
+        }
 
-        let path = if self.pinned() || blocking || name == "multi" {
-            Path::Dedicated
-        } else {
-            Path::Shared
+        let routing = proxy.routing.load();
+        if flags.contains(Flags::SUBSCRIBE) {
+            let side = self.channel_side(&routing, &req);
+            drop(argv);
+            return self.enter_pipe(proxy, side, req).await;
+        }
+        if name == "client|tracking" {
+            self.tracking = !req.arg_is(2, "off");
+        } else if matches!(name, "client|caching" | "client|no-evict" | "client|no-touch") {
+            self.tracking = true;
+        }
+
+        // Which side serves it, and whether it must be split between the two.
+        let keys = match info {
+            Some(i) if routing.has_target => i.key_indices(&argv),
+            _ => Default::default(),
         };
-        self.forward(proxy, req, path, true).await
+        let side = if !routing.has_target {
+            Side::Source
+        } else if name == "publish" {
+            self.channel_side(&routing, &req)
+        } else if keys.is_empty() {
+            routing.keyless_side()
+        } else {
+            let first = routing.side_of(argv[keys[0]]);
+            if keys.len() > 1 && routing.plan.uniform().is_none() {
+                let mixed = keys.iter().any(|&k| routing.side_of(argv[k]) != first);
+                if mixed {
+                    if let Some(kind) = MergeKind::for_command(name) {
+                        let keys = keys.clone();
+                        drop(argv);
+                        return self.split(proxy, &routing, info, kind, req, &keys).await;
+                    }
+                    proxy.metrics.cross_side.inc();
+                }
+            }
+            first
+        };
+        let blocking = info.is_some_and(|i| i.blocks(&argv));
+        let write = flags.contains(Flags::WRITE);
+        let sync = write && routing.mirror != MirrorMode::Off && {
+            match keys.first() {
+                Some(&k) => routing.sync_for(argv[k]),
+                None => routing.mirror == MirrorMode::Sync || routing.moving.is_some(),
+            }
+        };
+        drop(argv);
+        let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off).then_some(sync);
+        let path = if self.pinned() || blocking { Path::Dedicated(side) } else { Path::Shared };
+        proxy.metrics.served[side.index()].inc();
+        self.send(proxy, req, side, path, mirror).await
+    }
+
+    /// The side a Pub/Sub channel lives on: channels follow their slot like keys.
+    fn channel_side(&self, routing: &Routing, req: &Request) -> Side {
+        if !routing.has_target {
+            return Side::Source;
+        }
+        if req.argc() > 1 {
+            routing.side_of(req.arg(1))
+        } else {
+            routing.keyless_side()
+        }
     }
 
     /// Refuses a command; inside MULTI the refusal also dooms the transaction, as a
@@ -330,104 +378,310 @@ impl Session {
         self.error(text).await
     }
 
-    /// Sends a request down `path` and queues its reply (or discards it when
-    /// `to_client` is false).
-    async fn forward(
+    /// Sends one request to `side` over `path`. `mirror` is `Some(sync)` when the write's
+    /// effect must reach the other side; with `sync` the client's reply waits for it.
+    async fn send(
         &mut self,
         proxy: &Proxy,
         req: Request,
+        side: Side,
         path: Path,
-        to_client: bool,
+        mirror: Option<bool>,
     ) -> Result<Flow, Gone> {
         self.switch_path(path).await?;
         let payload = req.raw().clone();
-        let (job, rx) = if to_client {
-            let (job, rx) = Job::single(payload);
-            (job, Some(rx))
-        } else {
-            (
-                Job {
-                    payload,
-                    replies: 1,
-                    sink: Sink::Discard,
-                },
-                None,
-            )
-        };
-        match path {
-            Path::Shared => {
-                self.backend(proxy)
-                    .shared(self.proto, self.id)
-                    .send(job)
-                    .await
+        let (client_tx, client_rx) = oneshot::channel();
+        let mut mirror_rx = None;
+        let sink = match mirror {
+            None => Sink::Reply(client_tx),
+            Some(sync) => {
+                let done = if sync {
+                    let (tx, rx) = oneshot::channel();
+                    mirror_rx = Some(rx);
+                    Some(tx)
+                } else {
+                    None
+                };
+                let mirrors = proxy.mirrors.clone();
+                let db = self.db;
+                Sink::Callback(Box::new(move |reply| {
+                    if let Ok(frame) = &reply {
+                        mirrors.enqueue_effect(side.other(), &req, frame, db, done);
+                    }
+                    let _ = client_tx.send(reply);
+                }))
             }
-            Path::Dedicated => {
-                if let Err(err) = self.ensure_dedicated(proxy).await {
+        };
+        let job = Job { payload, replies: 1, pick: 0, sink };
+        match path {
+            Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
+            Path::Dedicated(side) => {
+                if let Err(err) = self.ensure_dedicated(proxy, side).await {
                     job.fail(&err);
-                } else if let Some(conn) = &self.dedicated {
+                } else if let Some(conn) = &self.dedicated[side.index()] {
                     if conn.send(job).await.is_err() && self.pinned() {
-                        // Its transaction or database state is gone with it: say so and close,
+                        // Its database or tracking state is gone with it: say so and close,
                         // as a direct connection to Redis would have been closed.
-                        self.dedicated = None;
-                        if let Some(rx) = rx {
-                            self.out.send(Out::Pending(rx)).await.map_err(|_| Gone)?;
-                        }
+                        self.dedicated[side.index()] = None;
+                        self.queue(Out::Pending(client_rx)).await?;
                         return Ok(Flow::Close);
                     }
                 }
             }
         }
-        if let Some(rx) = rx {
-            self.out.send(Out::Pending(rx)).await.map_err(|_| Gone)?;
+        match mirror_rx {
+            Some(mirror) => {
+                let limit = proxy.mirror_timeout();
+                self.queue(Out::Mirrored { reply: client_rx, mirror, limit }).await
+            }
+            None => self.queue(Out::Pending(client_rx)).await,
         }
-        Ok(Flow::Continue)
     }
 
-    async fn ensure_dedicated(&mut self, proxy: &Proxy) -> Result<(), BackendError> {
-        if self.dedicated.as_ref().is_some_and(|d| d.is_alive()) {
+    /// Splits a multi-key command whose keys live on both sides into one command per side,
+    /// and has the writer merge the replies.
+    async fn split(
+        &mut self,
+        proxy: &Proxy,
+        routing: &Routing,
+        info: Option<&CommandInfo>,
+        kind: MergeKind,
+        req: Request,
+        keys: &[usize],
+    ) -> Result<Flow, Gone> {
+        proxy.metrics.split.inc();
+        let write = info.is_some_and(|i| i.flags.contains(Flags::WRITE));
+        // MSET carries a value after each key.
+        let with_value = kind == MergeKind::AllOk;
+        let mut per_side: [(Vec<Bytes>, Vec<usize>); 2] = Default::default();
+        for (n, &k) in keys.iter().enumerate() {
+            let side = routing.side_of(req.arg(k));
+            let (args, positions) = &mut per_side[side.index()];
+            if args.is_empty() {
+                args.push(req.arg_bytes(0));
+            }
+            args.push(req.arg_bytes(k));
+            if with_value {
+                args.push(req.arg_bytes(k + 1));
+            }
+            positions.push(n);
+        }
+        let mut parts = Vec::with_capacity(2);
+        let path = if self.pinned() { Path::Dedicated(Side::Source) } else { Path::Shared };
+        self.switch_path(path).await?;
+        for side in [Side::Source, Side::Target] {
+            let (args, positions) = std::mem::take(&mut per_side[side.index()]);
+            if args.is_empty() {
+                continue;
+            }
+            let sub = Request::from_args(&args);
+            let (tx, rx) = oneshot::channel();
+            let sink = if write && routing.mirror != MirrorMode::Off {
+                let mirrors = proxy.mirrors.clone();
+                let db = self.db;
+                Sink::Callback(Box::new(move |reply| {
+                    if let Ok(frame) = &reply {
+                        mirrors.enqueue_effect(side.other(), &sub, frame, db, None);
+                    }
+                    let _ = tx.send(reply);
+                }))
+            } else {
+                Sink::Reply(tx)
+            };
+            let job = Job { payload: reply::command(&args), replies: 1, pick: 0, sink };
+            if self.pinned() {
+                match self.ensure_dedicated(proxy, side).await {
+                    Ok(()) => {
+                        if let Some(conn) = &self.dedicated[side.index()] {
+                            let _ = conn.send(job).await;
+                        }
+                    }
+                    Err(e) => job.fail(&e),
+                }
+            } else {
+                self.backend(proxy, side).shared(self.proto, self.id).send(job).await;
+            }
+            proxy.metrics.served[side.index()].inc();
+            parts.push((positions, rx));
+        }
+        self.queue(Out::Merge { kind, total: keys.len(), parts }).await
+    }
+
+    async fn multi(&mut self) -> Result<Flow, Gone> {
+        if self.in_multi {
+            return self.error("ERR MULTI calls can not be nested").await;
+        }
+        self.in_multi = true;
+        self.multi_poisoned = false;
+        self.queued.clear();
+        self.reply(reply::ok()).await
+    }
+
+    async fn discard(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {
+        if !self.in_multi {
+            return self.error("ERR DISCARD without MULTI").await;
+        }
+        self.in_multi = false;
+        self.queued.clear();
+        self.forget_watch(proxy).await;
+        self.reply(reply::ok()).await
+    }
+
+    /// Runs the queued transaction as one `MULTI ... EXEC` block on one side: the side
+    /// holding the WATCH, else the side of the first key. With mirroring on, a transaction
+    /// that committed is replayed on the other side as one block too.
+    async fn exec(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {
+        if !self.in_multi {
+            return self.error("ERR EXEC without MULTI").await;
+        }
+        self.in_multi = false;
+        let cmds = std::mem::take(&mut self.queued);
+        if std::mem::take(&mut self.multi_poisoned) {
+            self.forget_watch(proxy).await;
+            return self.error("EXECABORT Transaction discarded because of previous errors.").await;
+        }
+        let routing = proxy.routing.load();
+        let table = proxy.commands.load();
+        let mut side = self.watching;
+        let mut write = false;
+        let mut first_sync = None;
+        for cmd in &cmds {
+            let argv = cmd.argv();
+            let Some(info) = table.lookup(&argv) else { continue };
+            write |= info.flags.contains(Flags::WRITE);
+            if let Some(&k) = info.key_indices(&argv).first() {
+                let key_side = routing.side_of(argv[k]);
+                match side {
+                    None => side = Some(key_side),
+                    Some(s) if s != key_side && routing.has_target => proxy.metrics.cross_side.inc(),
+                    _ => {}
+                }
+                first_sync.get_or_insert(routing.sync_for(argv[k]));
+            }
+        }
+        let side = if routing.has_target { side.unwrap_or_else(|| routing.keyless_side()) } else { Side::Source };
+        let path = match self.watching {
+            Some(s) => Path::Dedicated(s),
+            None if self.pinned() => Path::Dedicated(side),
+            None => Path::Shared,
+        };
+        self.watching = None;
+
+        let mut payload = bytes::BytesMut::new();
+        payload.extend_from_slice(&reply::command(&["MULTI"]));
+        for cmd in &cmds {
+            payload.extend_from_slice(cmd.raw());
+        }
+        payload.extend_from_slice(&reply::command(&["EXEC"]));
+        let n = cmds.len() as u32;
+        let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off).then(|| {
+            routing.mirror == MirrorMode::Sync || first_sync.unwrap_or(false) || routing.moving.is_some()
+        });
+
+        self.switch_path(path).await?;
+        let (client_tx, client_rx) = oneshot::channel();
+        let mut mirror_rx = None;
+        let sink = match mirror {
+            None => Sink::Reply(client_tx),
+            Some(sync) => {
+                let done = sync.then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    mirror_rx = Some(rx);
+                    tx
+                });
+                let mirrors = proxy.mirrors.clone();
+                let db = self.db;
+                Sink::Callback(Box::new(move |reply| {
+                    if let Ok(frame) = &reply {
+                        mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
+                    }
+                    let _ = client_tx.send(reply);
+                }))
+            }
+        };
+        let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
+        proxy.metrics.served[side.index()].inc();
+        match path {
+            Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
+            Path::Dedicated(s) => match self.ensure_dedicated(proxy, s).await {
+                Ok(()) => {
+                    if let Some(conn) = &self.dedicated[s.index()] {
+                        let _ = conn.send(job).await;
+                    }
+                }
+                Err(e) => job.fail(&e),
+            },
+        }
+        match mirror_rx {
+            Some(mirror) => self.queue(Out::Mirrored { reply: client_rx, mirror, limit: proxy.mirror_timeout() }).await,
+            None => self.queue(Out::Pending(client_rx)).await,
+        }
+    }
+
+    /// WATCH runs on a dedicated connection to the side of its first key; the transaction
+    /// that follows runs there too.
+    async fn watch(&mut self, proxy: &Proxy, info: Option<&CommandInfo>, req: Request) -> Result<Flow, Gone> {
+        let routing = proxy.routing.load();
+        let side = match (info, routing.has_target) {
+            (Some(i), true) => {
+                let argv = req.argv();
+                i.key_indices(&argv).first().map(|&k| routing.side_of(argv[k])).unwrap_or(Side::Source)
+            }
+            _ => Side::Source,
+        };
+        if let Some(prev) = self.watching {
+            if prev != side {
+                return self.error("ERR tandem: WATCH of keys served by different backends is not supported").await;
+            }
+        }
+        self.watching = Some(side);
+        self.send(proxy, req, side, Path::Dedicated(side), None).await
+    }
+
+    async fn unwatch(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {
+        self.forget_watch(proxy).await;
+        self.reply(reply::ok()).await
+    }
+
+    /// Drops the client's WATCH on the backend, if it has one.
+    async fn forget_watch(&mut self, _proxy: &Proxy) {
+        if let Some(side) = self.watching.take() {
+            if let Some(conn) = &self.dedicated[side.index()] {
+                let _ = conn.send(Job::discard(reply::command(&["UNWATCH"]))).await;
+            }
+        }
+    }
+
+    async fn ensure_dedicated(&mut self, proxy: &Proxy, side: Side) -> Result<(), BackendError> {
+        if self.dedicated[side.index()].as_ref().is_some_and(|d| d.is_alive()) {
             return Ok(());
         }
         let hs = self.handshake();
-        let conn = self
-            .backend(proxy)
-            .dedicated(&hs, Some(self.pushes.clone()))
-            .await?;
+        let conn = self.backend(proxy, side).dedicated(&hs, Some(self.pushes.clone())).await?;
         proxy.metrics.dedicated_opened.inc();
-        self.dedicated = Some(conn);
+        self.dedicated[side.index()] = Some(conn);
         Ok(())
     }
 
-    /// Sends a state change to the dedicated connection, if there is one, so it stays in
-    /// step with the session (its reply is not the client's).
+    /// Sends a state change to the dedicated connections, so they stay in step with the
+    /// session (their replies are not the client's).
     async fn sync_dedicated(&mut self, cmd: Request) {
         let hs = self.handshake();
-        if let Some(conn) = &mut self.dedicated {
-            *conn.handshake_mut() = hs;
-            let _ = conn
-                .send(Job {
-                    payload: cmd.raw().clone(),
-                    replies: 1,
-                    sink: Sink::Discard,
-                })
-                .await;
+        for conn in self.dedicated.iter_mut().flatten() {
+            *conn.handshake_mut() = hs.clone();
+            let _ = conn.send(Job::discard(cmd.raw().clone())).await;
         }
     }
 
     async fn auth(&mut self, proxy: &Proxy, req: &Request) -> Result<Flow, Gone> {
         if self.in_multi {
-            return self
-                .refuse_in_multi("ERR Command not allowed inside a transaction")
-                .await;
+            return self.refuse_in_multi("ERR Command not allowed inside a transaction").await;
         }
         let policy = proxy.policy.load();
         let (user, pass) = match req.argc() {
             2 => (b"default".as_slice(), req.arg(1)),
             3 => (req.arg(1), req.arg(2)),
-            _ => {
-                return self
-                    .error("ERR wrong number of arguments for 'auth' command")
-                    .await
-            }
+            _ => return self.error("ERR wrong number of arguments for 'auth' command").await,
         };
         if !policy.users.enabled() {
             return self
@@ -442,17 +696,14 @@ impl Session {
             }
             None => {
                 proxy.metrics.auth_failures.inc();
-                self.error("WRONGPASS invalid username-password pair or user is disabled.")
-                    .await
+                self.error("WRONGPASS invalid username-password pair or user is disabled.").await
             }
         }
     }
 
     async fn hello(&mut self, proxy: &Proxy, req: &Request) -> Result<Flow, Gone> {
         if self.in_multi {
-            return self
-                .refuse_in_multi("ERR Command not allowed inside a transaction")
-                .await;
+            return self.refuse_in_multi("ERR Command not allowed inside a transaction").await;
         }
         let mut proto = self.proto;
         let mut i = 1;
@@ -460,21 +711,10 @@ impl Session {
             proto = match req.arg(1) {
                 b"2" => Protocol::Resp2,
                 b"3" => Protocol::Resp3,
-                other
-                    if std::str::from_utf8(other)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .is_some() =>
-                {
-                    return self
-                        .error("NOPROTO sorry, this protocol version is not supported.")
-                        .await
+                other if std::str::from_utf8(other).ok().and_then(|s| s.parse::<i64>().ok()).is_some() => {
+                    return self.error("NOPROTO sorry, this protocol version is not supported.").await
                 }
-                _ => {
-                    return self
-                        .error("ERR Protocol version is not an integer or out of range")
-                        .await
-                }
+                _ => return self.error("ERR Protocol version is not an integer or out of range").await,
             };
             i = 2;
         }
@@ -492,9 +732,7 @@ impl Session {
                     Some(u) => authed_as = Some(u.read_only),
                     None => {
                         proxy.metrics.auth_failures.inc();
-                        return self
-                            .error("WRONGPASS invalid username-password pair or user is disabled.")
-                            .await;
+                        return self.error("WRONGPASS invalid username-password pair or user is disabled.").await;
                     }
                 }
                 i += 3;
@@ -506,10 +744,7 @@ impl Session {
                 i += 2;
             } else {
                 return self
-                    .error(&format!(
-                        "ERR Syntax error in HELLO option '{}'",
-                        String::from_utf8_lossy(req.arg(i))
-                    ))
+                    .error(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(req.arg(i))))
                     .await;
             }
         }
@@ -527,15 +762,11 @@ impl Session {
         }
         if proto != self.proto {
             self.proto = proto;
-            // The dedicated connection speaks the old protocol: let it finish and open a
-            // new one when needed.
-            self.dedicated = None;
+            // Dedicated connections speak the old protocol: let them finish and open new
+            // ones when needed.
+            self.dedicated = [None, None];
         }
-        let version = self
-            .backend(proxy)
-            .server_version()
-            .unwrap_or("7.0.0")
-            .to_string();
+        let version = self.backend(proxy, Side::Source).server_version().unwrap_or("7.0.0").to_string();
         let fields = [
             ("server", HelloValue::Str("redis")),
             ("version", HelloValue::Str(&version)),
@@ -551,48 +782,41 @@ impl Session {
     async fn select(&mut self, proxy: &Proxy, req: &Request) -> Result<Flow, Gone> {
         if self.in_multi {
             return self
-                .refuse_in_multi(
-                    "ERR tandem: SELECT inside MULTI is not supported; SELECT before MULTI",
-                )
+                .refuse_in_multi("ERR tandem: SELECT inside MULTI is not supported; SELECT before MULTI")
                 .await;
         }
         if req.argc() != 2 {
-            return self
-                .error("ERR wrong number of arguments for 'select' command")
-                .await;
+            return self.error("ERR wrong number of arguments for 'select' command").await;
         }
-        let Some(db) = std::str::from_utf8(req.arg(1))
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            return self
-                .error("ERR value is not an integer or out of range")
-                .await;
+        let Some(db) = std::str::from_utf8(req.arg(1)).ok().and_then(|s| s.parse::<u32>().ok()) else {
+            return self.error("ERR value is not an integer or out of range").await;
         };
         if db == self.db {
             return self.reply(reply::ok()).await;
         }
         if db == 0 {
             self.db = 0;
-            let url_db = self.backend(proxy).settings().db.to_string();
-            self.sync_dedicated(Request::from_args(&["SELECT", url_db.as_str()]))
-                .await;
+            let hs = self.handshake();
+            for side in [Side::Source, Side::Target] {
+                if let Some(conn) = &mut self.dedicated[side.index()] {
+                    *conn.handshake_mut() = hs.clone();
+                    let url_db = proxy.backend(side).settings().db.to_string();
+                    let _ = conn.send(Job::discard(reply::command(&["SELECT", url_db.as_str()]))).await;
+                }
+            }
             return self.reply(reply::ok()).await;
         }
-        // Ask the backend, so an out-of-range index gets the backend's own error and the
+        // Ask the source, so an out-of-range index gets the backend's own error and the
         // session only changes when the backend accepted it.
-        self.switch_path(Path::Dedicated).await?;
-        if let Err(err) = self.ensure_dedicated(proxy).await {
+        let side = Side::Source;
+        self.switch_path(Path::Dedicated(side)).await?;
+        if let Err(err) = self.ensure_dedicated(proxy, side).await {
             return self.reply(err.to_resp()).await;
         }
         let (job, rx) = Job::single(req.raw().clone());
-        let sent = match &self.dedicated {
+        let sent = match &self.dedicated[side.index()] {
             Some(conn) => conn.send(job).await,
-            None => {
-                return self
-                    .error("ERR tandem: dedicated connection unavailable")
-                    .await
-            }
+            None => return self.error("ERR tandem: dedicated connection unavailable").await,
         };
         if let Err(err) = sent {
             return self.reply(err.to_resp()).await;
@@ -602,8 +826,13 @@ impl Session {
                 if !reply::is_error(&frame) {
                     self.db = db;
                     let hs = self.handshake();
-                    if let Some(conn) = &mut self.dedicated {
-                        *conn.handshake_mut() = hs;
+                    for (i, conn) in self.dedicated.iter_mut().enumerate() {
+                        if let Some(conn) = conn {
+                            *conn.handshake_mut() = hs.clone();
+                            if i != side.index() {
+                                let _ = conn.send(Job::discard(req.raw().clone())).await;
+                            }
+                        }
                     }
                 }
                 self.reply(frame).await
@@ -615,9 +844,7 @@ impl Session {
 
     async fn client_setname(&mut self, req: &Request) -> Result<Flow, Gone> {
         if req.argc() != 3 {
-            return self
-                .error("ERR wrong number of arguments for 'client|setname' command")
-                .await;
+            return self.error("ERR wrong number of arguments for 'client|setname' command").await;
         }
         if let Err(e) = validate_name(req.arg(2)) {
             return self.error(e).await;
@@ -634,10 +861,11 @@ impl Session {
         self.db = 0;
         self.name = None;
         self.in_multi = false;
+        self.queued.clear();
         self.multi_poisoned = false;
-        self.watching = false;
+        self.watching = None;
         self.tracking = false;
-        self.dedicated = None;
+        self.dedicated = [None, None];
         self.last_path = Path::Shared;
         let policy = proxy.policy.load();
         self.authenticated = !policy.users.enabled();
@@ -648,14 +876,14 @@ impl Session {
     /// Turns the connection into a pass-through to a dedicated backend connection for
     /// Pub/Sub. Requests are still parsed and checked; replies and pushes flow back as the
     /// backend sends them.
-    async fn enter_pipe(&mut self, proxy: &Proxy, req: Request) -> Result<Flow, Gone> {
+    async fn enter_pipe(&mut self, proxy: &Proxy, side: Side, req: Request) -> Result<Flow, Gone> {
         self.barrier().await?;
-        let stream = match self.backend(proxy).raw(&self.handshake()).await {
+        let stream = match self.backend(proxy, side).raw(&self.handshake()).await {
             Ok(s) => s,
             Err(err) => return self.reply(err.to_resp()).await,
         };
         proxy.metrics.dedicated_opened.inc();
-        self.dedicated = None;
+        self.dedicated = [None, None];
         let (rd, wr) = stream.into_split();
         self.out.send(Out::Pipe(rd)).await.map_err(|_| Gone)?;
         self.pipe = Some(wr);
@@ -667,17 +895,12 @@ impl Session {
         let argv = req.argv();
         let info = table.lookup(&argv);
         let name = info.map(|i| i.name.as_ref()).unwrap_or("");
-        let refused = info.is_some_and(|i| i.flags.contains(Flags::DANGEROUS))
-            && !proxy.policy.load().allows(name)
+        let refused = info.is_some_and(|i| i.flags.contains(Flags::DANGEROUS)) && !proxy.policy.load().allows(name)
             || matches!(name, "auth" | "hello" | "select" | "client|reply");
         if refused {
             // Replies on a pass-through cannot be interleaved by the proxy; closing is the
             // only answer that cannot be misread.
-            tracing::info!(
-                client = self.id,
-                command = name,
-                "closing Pub/Sub client after a refused command"
-            );
+            tracing::info!(client = self.id, command = name, "closing Pub/Sub client after a refused command");
             return Ok(Flow::Close);
         }
         let Some(pipe) = &mut self.pipe else {

@@ -11,7 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+use super::merge::{self, MergeKind, Part};
 use crate::backend::{BackendError, Reply};
+use crate::metrics::Metrics;
 
 /// Replies larger than this are written straight from their buffer instead of being copied.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -24,6 +26,11 @@ pub enum Out {
     Ready(Bytes),
     /// A backend reply still to come.
     Pending(oneshot::Receiver<Reply>),
+    /// A backend reply that, in sync mirror mode, is held until the mirror has applied the
+    /// write too, or `limit` has passed (then it is counted as late and sent anyway).
+    Mirrored { reply: oneshot::Receiver<Reply>, mirror: oneshot::Receiver<()>, limit: std::time::Duration },
+    /// A multi-key command split between the two backends.
+    Merge { kind: MergeKind, total: usize, parts: Vec<(Vec<usize>, oneshot::Receiver<Reply>)> },
     /// Signalled when every earlier reply has been taken: the reader waits on it before it
     /// moves the client to another backend connection, so execution order is kept.
     Barrier(oneshot::Sender<()>),
@@ -39,6 +46,7 @@ pub async fn run(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
     mut pushes: mpsc::UnboundedReceiver<Bytes>,
+    metrics: std::sync::Arc<Metrics>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let result: std::io::Result<()> = async {
@@ -75,6 +83,26 @@ pub async fn run(
                         Ok(bytes) => put(&mut wr, &mut buf, bytes).await?,
                         Err(e) => buf.extend_from_slice(&e.to_resp()),
                     }
+                }
+                Out::Mirrored { reply, mirror, limit } => {
+                    flush(&mut wr, &mut buf).await?;
+                    let reply = reply.await.unwrap_or_else(|_| Err(dropped()));
+                    // The sender is dropped when the mirror op completes (or never entered).
+                    if tokio::time::timeout(limit, mirror).await.is_err() {
+                        metrics.sync_mirror_late.inc();
+                    }
+                    match reply {
+                        Ok(bytes) => put(&mut wr, &mut buf, bytes).await?,
+                        Err(e) => buf.extend_from_slice(&e.to_resp()),
+                    }
+                }
+                Out::Merge { kind, total, parts } => {
+                    flush(&mut wr, &mut buf).await?;
+                    let mut done = Vec::with_capacity(parts.len());
+                    for (positions, rx) in parts {
+                        done.push(Part { positions, reply: rx.await.unwrap_or_else(|_| Err(dropped())) });
+                    }
+                    put(&mut wr, &mut buf, merge::merge(kind, total, done)).await?;
                 }
                 Out::Barrier(done) => {
                     let _ = done.send(());
@@ -118,8 +146,5 @@ async fn flush(wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<(
 }
 
 fn dropped() -> BackendError {
-    BackendError::Unavailable {
-        backend: "backend".into(),
-        reason: "reply lost".into(),
-    }
+    BackendError::Unavailable { backend: "backend".into(), reason: "reply lost".into() }
 }

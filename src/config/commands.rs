@@ -68,9 +68,7 @@ impl Deref for AllowList {
 /// Splits `"cmd"`, `"cmd|sub"` or `"cmd sub"` into its parts; `None` when
 /// malformed.
 fn split(name: &str) -> Option<(&str, Option<&str>)> {
-    let mut parts = name
-        .split(|c: char| c == '|' || c.is_whitespace())
-        .filter(|p| !p.is_empty());
+    let mut parts = name.split(|c: char| c == '|' || c.is_whitespace()).filter(|p| !p.is_empty());
     let command = parts.next()?;
     let sub = parts.next();
     if parts.next().is_some() {
@@ -80,8 +78,7 @@ fn split(name: &str) -> Option<(&str, Option<&str>)> {
 }
 
 fn valid_word(word: &str) -> bool {
-    word.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    word.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Normalises one entry to `cmd` or `cmd|sub`, lowercase.
@@ -98,11 +95,7 @@ fn normalize(entry: &str) -> Result<String, String> {
         return Err(format!("invalid command name \"{entry}\""));
     }
     Ok(match sub {
-        Some(sub) => format!(
-            "{}|{}",
-            command.to_ascii_lowercase(),
-            sub.to_ascii_lowercase()
-        ),
+        Some(sub) => format!("{}|{}", command.to_ascii_lowercase(), sub.to_ascii_lowercase()),
         None => command.to_ascii_lowercase(),
     })
 }

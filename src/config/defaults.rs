@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::config::commands::AllowList;
 use crate::config::types::{
-    Admin, Auth, Backend, Backends, Backoff, Compare, Config, Cutover, Limits, Log, LogFormat,
-    Mirror, MirrorMode,
+    Admin, Auth, Backend, Backends, Backoff, Compare, Config, Cutover, Limits, Log, LogFormat, Mirror, MirrorMode,
 };
 use crate::config::url::BackendUrl;
 
@@ -73,21 +72,13 @@ pub(crate) fn command_timeout() -> Duration {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin {
-            listen: ADMIN_LISTEN.to_string(),
-            token_env: None,
-            token_file: None,
-            token: None,
-        }
+        Admin { listen: ADMIN_LISTEN.to_string(), token_env: None, token_file: None, token: None }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            format: LogFormat::Text,
-            level: LOG_LEVEL.to_string(),
-        }
+        Log { format: LogFormat::Text, level: LOG_LEVEL.to_string() }
     }
 }
 
@@ -105,19 +96,13 @@ impl Default for Limits {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            min: BACKOFF_MIN,
-            max: BACKOFF_MAX,
-        }
+        Backoff { min: BACKOFF_MIN, max: BACKOFF_MAX }
     }
 }
 
 impl Default for Cutover {
     fn default() -> Self {
-        Cutover {
-            percent: CUTOVER_PERCENT,
-            flip_timeout: FLIP_TIMEOUT,
-        }
+        Cutover { percent: CUTOVER_PERCENT, flip_timeout: FLIP_TIMEOUT }
     }
 }
 
@@ -170,10 +155,7 @@ impl Config {
             listen: listen(),
             admin: Admin::default(),
             log: Log::default(),
-            backends: Backends {
-                source,
-                target: None,
-            },
+            backends: Backends { source, target: None },
             limits: Limits::default(),
             auth: Auth::default(),
             allow_commands: AllowList::default(),

@@ -16,10 +16,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// Creates an error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
+        ConfigError { path: path.into(), message: message.into() }
     }
 }
 

@@ -134,17 +134,11 @@ impl Removals {
 
 /// Parses and deserializes `text`, collecting every structural problem.
 pub(crate) fn deserialize_all(text: &str) -> Structural {
-    let mut out = Structural {
-        config: None,
-        errors: Vec::new(),
-        removed: Vec::new(),
-        removals: Removals::default(),
-    };
+    let mut out = Structural { config: None, errors: Vec::new(), removed: Vec::new(), removals: Removals::default() };
     let mut root: Value = match serde_yaml_ng::from_str(text) {
         Ok(value) => value,
         Err(e) => {
-            out.errors
-                .push(ConfigError::new("", format!("invalid YAML: {e}")));
+            out.errors.push(ConfigError::new("", format!("invalid YAML: {e}")));
             return out;
         }
     };
@@ -153,10 +147,7 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
         root = Value::Mapping(Default::default());
     }
     if let Err(e) = root.apply_merge() {
-        out.errors.push(ConfigError::new(
-            "",
-            format!("invalid YAML merge (<<): {e}"),
-        ));
+        out.errors.push(ConfigError::new("", format!("invalid YAML merge (<<): {e}")));
         return out;
     }
 
@@ -175,8 +166,7 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
         for seg in error.path().iter() {
             match seg {
                 serde_path_to_error::Segment::Seq { index } => current.push(Seg::Index(*index)),
-                serde_path_to_error::Segment::Map { key }
-                | serde_path_to_error::Segment::Enum { variant: key } => {
+                serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
                     current.push(Seg::Key(key.clone()))
                 }
                 serde_path_to_error::Segment::Unknown => {
@@ -192,15 +182,12 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
             // mapping and drop such keys.
             let keys = remove_non_string_keys(&mut root, &current);
             if keys.is_empty() {
-                out.errors
-                    .push(ConfigError::new(render(&original), humanize(&message)));
+                out.errors.push(ConfigError::new(render(&original), humanize(&message)));
                 return out;
             }
             for key in keys {
-                out.errors.push(ConfigError::new(
-                    render(&original),
-                    format!("invalid key {key}: keys must be field names"),
-                ));
+                out.errors
+                    .push(ConfigError::new(render(&original), format!("invalid key {key}: keys must be field names")));
             }
             continue;
         }
@@ -212,17 +199,12 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
             // A missing field that was present but removed as invalid has
             // already been reported (at itself or below).
             if !out.errors.iter().any(|e| covers(&full, &e.path)) {
-                out.errors
-                    .push(ConfigError::new(full.clone(), "missing required field"));
+                out.errors.push(ConfigError::new(full.clone(), "missing required field"));
             }
             // Stand in a placeholder so the rest (including the meaning
             // checks) can still be examined; its path counts as removed, so
             // nothing is reported about the placeholder itself.
-            let value = if placeheld.contains(&full) {
-                None
-            } else {
-                placeholder(field)
-            };
+            let value = if placeheld.contains(&full) { None } else { placeholder(field) };
             if let Some(value) = value {
                 if insert_at(&mut root, &current, field, value) {
                     out.removed.push(full.clone());
@@ -250,10 +232,7 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
         out.removals.record(&original[..depth]);
         out.removed.push(render(&original[..depth]));
     }
-    out.errors.push(ConfigError::new(
-        "",
-        format!("too many problems; stopped after {MAX_ROUNDS}"),
-    ));
+    out.errors.push(ConfigError::new("", format!("too many problems; stopped after {MAX_ROUNDS}")));
     out
 }
 
@@ -261,9 +240,7 @@ pub(crate) fn deserialize_all(text: &str) -> Structural {
 pub(crate) fn covers(path: &str, reported: &str) -> bool {
     reported == path
         || (path.is_empty() && !reported.is_empty())
-        || reported
-            .strip_prefix(path)
-            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        || reported.strip_prefix(path).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 /// The node at `path`, looking through YAML tags.
@@ -391,10 +368,7 @@ fn humanize(message: &str) -> String {
         }
     }
     let message = message
-        .replace(
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        )
+        .replace("expected u32", "expected a whole number from 0 to 4294967295")
         .replace("expected u64", "expected a whole number")
         .replace("expected f64", "expected a number")
         .replace("unit value", "nothing (null)");

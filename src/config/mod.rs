@@ -43,8 +43,8 @@ pub use crate::config::commands::AllowList;
 pub use crate::config::error::{ConfigError, ConfigErrors};
 pub use crate::config::secret::Secret;
 pub use crate::config::types::{
-    Admin, Auth, Backend, Backends, Backoff, Compare, Config, Cutover, Limits, Log, LogFormat,
-    Mirror, MirrorMode, User, UserPassword,
+    Admin, Auth, Backend, Backends, Backoff, Compare, Config, Cutover, Limits, Log, LogFormat, Mirror, MirrorMode,
+    User, UserPassword,
 };
 pub use crate::config::url::{BackendUrl, UrlError, DEFAULT_REDIS_PORT};
 
@@ -58,11 +58,7 @@ impl Config {
         let structural = load::deserialize_all(text);
         let mut errors = structural.errors;
         if let Some(mut config) = structural.config {
-            errors.extend(validate::validate(
-                &mut config,
-                &structural.removed,
-                Some(&structural.removals),
-            ));
+            errors.extend(validate::validate(&mut config, &structural.removed, Some(&structural.removals)));
             if errors.is_empty() {
                 return Ok(config);
             }
@@ -75,9 +71,8 @@ impl Config {
     /// Relative `*_file` paths inside are resolved against the working
     /// directory, not the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single("", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
         Config::from_yaml_str(&text)
     }
 
@@ -159,12 +154,7 @@ impl Config {
             errors
                 .into_iter()
                 .map(|e| {
-                    let message = e
-                        .message
-                        .split(' ')
-                        .map(rename)
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let message = e.message.split(' ').map(rename).collect::<Vec<_>>().join(" ");
                     ConfigError::new(rename(&e.path), message)
                 })
                 .collect(),
@@ -180,19 +170,11 @@ impl Config {
         target: Option<String>,
     ) -> Result<Config, ConfigErrors> {
         if source.is_none() {
-            return Err(ConfigErrors::single(
-                "--source",
-                "required when no configuration file is given",
-            ));
+            return Err(ConfigErrors::single("--source", "required when no configuration file is given"));
         }
         // A stand-in, always replaced by `source` (or the call fails).
-        let placeholder = BackendUrl {
-            tls: false,
-            host: "127.0.0.1".to_string(),
-            port: DEFAULT_REDIS_PORT,
-            db: 0,
-            username: None,
-        };
+        let placeholder =
+            BackendUrl { tls: false, host: "127.0.0.1".to_string(), port: DEFAULT_REDIS_PORT, db: 0, username: None };
         let mut config = Config::with_source(Backend::new(placeholder));
         config.apply_overrides(listen, admin, source, target)?;
         Ok(config)

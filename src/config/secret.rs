@@ -35,10 +35,7 @@ impl Secret {
         if mine.len() != candidate.len() {
             return false;
         }
-        mine.iter()
-            .zip(candidate)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        mine.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 

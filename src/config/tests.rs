@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::config::units::{parse_byte_size, parse_duration};
 use crate::config::{
-    defaults, Admin, AllowList, Backend, BackendUrl, Backoff, Compare, Config, ConfigErrors,
-    Cutover, Limits, Log, LogFormat, Mirror, MirrorMode, UrlError, UserPassword,
+    defaults, Admin, AllowList, Backend, BackendUrl, Backoff, Compare, Config, ConfigErrors, Cutover, Limits, Log,
+    LogFormat, Mirror, MirrorMode, UrlError, UserPassword,
 };
 
 /// The example shipped at the repository root.
@@ -30,10 +30,7 @@ fn load_err(text: &str) -> ConfigErrors {
 
 /// `(path, message)` pairs, for exact comparisons.
 fn pairs(errors: &ConfigErrors) -> Vec<(String, String)> {
-    errors
-        .iter()
-        .map(|e| (e.path.clone(), e.message.clone()))
-        .collect()
+    errors.iter().map(|e| (e.path.clone(), e.message.clone())).collect()
 }
 
 fn paths(errors: &ConfigErrors) -> Vec<String> {
@@ -54,13 +51,7 @@ fn assert_backend_defaults(backend: &Backend) {
     assert_eq!(backend.pool_size, 2);
     assert_eq!(backend.connect_timeout, Duration::from_secs(1));
     assert_eq!(backend.command_timeout, Duration::from_secs(5));
-    assert_eq!(
-        backend.reconnect_backoff,
-        Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_secs(2)
-        }
-    );
+    assert_eq!(backend.reconnect_backoff, Backoff { min: Duration::from_millis(50), max: Duration::from_secs(2) });
     assert!(backend.username.is_none());
     assert!(backend.password().is_none());
 }
@@ -83,16 +74,9 @@ fn example_proxy_yaml_loads_and_states_the_true_defaults() {
     assert_eq!(config.cutover, Cutover::default());
     assert_eq!(config.mirror, Mirror::default());
     assert_eq!(config.compare, Compare::default());
-    assert_eq!(
-        config.backends.source.url.to_string(),
-        "redis://127.0.0.1:6379"
-    );
+    assert_eq!(config.backends.source.url.to_string(), "redis://127.0.0.1:6379");
     assert_backend_defaults(&config.backends.source);
-    let target = config
-        .backends
-        .target
-        .as_ref()
-        .expect("example has a target");
+    let target = config.backends.target.as_ref().expect("example has a target");
     assert_backend_defaults(target);
 }
 
@@ -167,16 +151,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(config.log.level, "info");
     assert!(config.backends.target.is_none());
     let source = &config.backends.source;
-    assert_eq!(
-        source.url,
-        BackendUrl {
-            tls: false,
-            host: "127.0.0.1".into(),
-            port: 6379,
-            db: 0,
-            username: None
-        }
-    );
+    assert_eq!(source.url, BackendUrl { tls: false, host: "127.0.0.1".into(), port: 6379, db: 0, username: None });
     assert_backend_defaults(source);
     assert_eq!(config.limits.max_clients, 10_000);
     assert_eq!(config.limits.max_bulk_len, 512 * 1024 * 1024);
@@ -213,36 +188,16 @@ cutover:
   percent: 150
 ";
     let errors = load_err(text);
-    assert_eq!(
-        paths(&errors),
-        [
-            "backends.source.pool_sise",
-            "backends.target.url",
-            "cutover.percent"
-        ],
-        "{errors}"
-    );
+    assert_eq!(paths(&errors), ["backends.source.pool_sise", "backends.target.url", "cutover.percent"], "{errors}");
     let unknown = &errors.errors()[0].message;
-    assert!(
-        unknown.starts_with("unknown field \"pool_sise\", expected one of: url, username"),
-        "{unknown}"
-    );
-    assert!(
-        unknown.ends_with("(did you mean \"pool_size\"?)"),
-        "{unknown}"
-    );
+    assert!(unknown.starts_with("unknown field \"pool_sise\", expected one of: url, username"), "{unknown}");
+    assert!(unknown.ends_with("(did you mean \"pool_size\"?)"), "{unknown}");
     assert_eq!(errors.errors()[1].message, "invalid port \"63799x\"");
-    assert_eq!(
-        errors.errors()[2].message,
-        "must be between 0 and 100, got 150"
-    );
+    assert_eq!(errors.errors()[2].message, "must be between 0 and 100, got 150");
     // Display: one per line, `path: message`.
     let shown = errors.to_string();
     assert_eq!(shown.lines().count(), 3);
-    assert!(
-        shown.contains("backends.target.url: invalid port \"63799x\"\n"),
-        "{shown}"
-    );
+    assert!(shown.contains("backends.target.url: invalid port \"63799x\"\n"), "{shown}");
 }
 
 #[test]
@@ -250,10 +205,7 @@ fn unknown_top_level_field_is_reported() {
     let errors = load_err(&format!("{MINIMAL}\nlistn: 0.0.0.0:6380\n"));
     assert_eq!(paths(&errors), ["listn"]);
     let message = &errors.errors()[0].message;
-    assert!(
-        message.starts_with("unknown field \"listn\", expected one of: listen, admin,"),
-        "{message}"
-    );
+    assert!(message.starts_with("unknown field \"listn\", expected one of: listen, admin,"), "{message}");
     assert!(message.contains("did you mean \"listen\""), "{message}");
 }
 
@@ -262,10 +214,7 @@ fn type_error_is_reported_at_the_field() {
     let errors = load_err("backends: {source: {url: redis://127.0.0.1:6379, pool_size: many}}");
     assert_eq!(paths(&errors), ["backends.source.pool_size"]);
     let message = &errors.errors()[0].message;
-    assert!(
-        message.contains("\"many\"") && message.contains("whole number"),
-        "{message}"
-    );
+    assert!(message.contains("\"many\"") && message.contains("whole number"), "{message}");
 }
 
 #[test]
@@ -294,16 +243,8 @@ compare: {log_values: maybe}
         ],
         "{errors}"
     );
-    let at = |path: &str| {
-        errors
-            .at(path)
-            .map(|e| e.message.clone())
-            .unwrap_or_default()
-    };
-    assert_eq!(
-        at("log.format"),
-        "unknown value \"xml\", expected one of: text, json"
-    );
+    let at = |path: &str| errors.at(path).map(|e| e.message.clone()).unwrap_or_default();
+    assert_eq!(at("log.format"), "unknown value \"xml\", expected one of: text, json");
     assert!(at("backends.source.connect_timeout").contains("needs a unit"));
     assert!(at("mirror.mode").contains("expected one of: off, async, sync"));
 }
@@ -344,10 +285,7 @@ allow_commands: [debug, 'bad command name here', 'CONFIG SET', '']
         errors.at("auth.users[1]").map(|e| e.message.as_str()),
         Some("invalid type: string \"bob\", expected a mapping of fields")
     );
-    assert_eq!(
-        errors.at("auth.users[2].name").map(|e| e.message.as_str()),
-        Some("missing required field")
-    );
+    assert_eq!(errors.at("auth.users[2].name").map(|e| e.message.as_str()), Some("missing required field"));
     assert_eq!(
         errors.at("auth.users[4].name").map(|e| e.message.as_str()),
         Some("duplicate user \"c\" (also auth.users[3])")
@@ -356,15 +294,9 @@ allow_commands: [debug, 'bad command name here', 'CONFIG SET', '']
 
 #[test]
 fn missing_required_fields_are_reported_once() {
-    assert_eq!(
-        pairs(&load_err("")),
-        [("backends".to_string(), "missing required field".to_string())]
-    );
+    assert_eq!(pairs(&load_err("")), [("backends".to_string(), "missing required field".to_string())]);
     assert_eq!(paths(&load_err("backends: {}")), ["backends.source"]);
-    assert_eq!(
-        paths(&load_err("backends: {source: {pool_size: 3}}")),
-        ["backends.source.url"]
-    );
+    assert_eq!(paths(&load_err("backends: {source: {pool_size: 3}}")), ["backends.source.url"]);
     // A present-but-invalid required field is reported once, not again as
     // missing.
     assert_eq!(
@@ -411,13 +343,7 @@ backends:
 mirror: {mode: sync}
 compare: {percent: 5}
 ";
-    assert_eq!(
-        pairs(&load_err(text)),
-        [(
-            "backends.target.url".to_string(),
-            "missing host".to_string()
-        )]
-    );
+    assert_eq!(pairs(&load_err(text)), [("backends.target.url".to_string(), "missing host".to_string())]);
 }
 
 #[test]
@@ -454,14 +380,9 @@ compare: {percent: -1}
         ],
         "{errors}"
     );
+    assert_eq!(errors.at("mirror.mode").map(|e| e.message.as_str()), Some("mirroring needs backends.target"));
     assert_eq!(
-        errors.at("mirror.mode").map(|e| e.message.as_str()),
-        Some("mirroring needs backends.target")
-    );
-    assert_eq!(
-        errors
-            .at("backends.source.pool_size")
-            .map(|e| e.message.as_str()),
+        errors.at("backends.source.pool_size").map(|e| e.message.as_str()),
         Some("must be between 1 and 64, got 0")
     );
 
@@ -473,15 +394,10 @@ compare: {percent: -1}
 
 #[test]
 fn identical_source_and_target_is_an_error() {
-    let errors = load_err(
-        "backends: {source: {url: 'redis://Cache.local:6379'}, target: {url: 'cache.local'}}",
-    );
+    let errors = load_err("backends: {source: {url: 'redis://Cache.local:6379'}, target: {url: 'cache.local'}}");
     assert_eq!(
         pairs(&errors),
-        [(
-            "backends.target.url".to_string(),
-            "same address as backends.source.url".to_string()
-        )]
+        [("backends.target.url".to_string(), "same address as backends.source.url".to_string())]
     );
     // Another database on the same server is a different keyspace.
     load("backends: {source: {url: 'redis://h:6379/0'}, target: {url: 'redis://h:6379/1'}}");
@@ -496,10 +412,7 @@ fn yaml_syntax_errors_and_odd_documents() {
     assert_eq!(paths(&not_a_map), [""]);
     let bad_key = load_err(&format!("{MINIMAL}\n7: x\n"));
     assert_eq!(paths(&bad_key), [""]);
-    assert_eq!(
-        bad_key.to_string(),
-        "invalid key 7: keys must be field names"
-    );
+    assert_eq!(bad_key.to_string(), "invalid key 7: keys must be field names");
 }
 
 #[test]
@@ -521,13 +434,10 @@ backends:
 
 #[test]
 fn load_reads_files_and_reports_unreadable_ones() {
-    let missing = Config::load(std::path::Path::new("/nonexistent/tandem/proxy.yaml"))
-        .expect_err("missing file");
+    let missing = Config::load(std::path::Path::new("/nonexistent/tandem/proxy.yaml")).expect_err("missing file");
     assert_eq!(missing.len(), 1);
     assert_eq!(missing.errors()[0].path, "");
-    assert!(missing
-        .to_string()
-        .starts_with("cannot read /nonexistent/tandem/proxy.yaml: "));
+    assert!(missing.to_string().starts_with("cannot read /nonexistent/tandem/proxy.yaml: "));
 
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(MINIMAL.as_bytes()).expect("write");
@@ -552,25 +462,15 @@ fn sizes_accept_integers_and_units() {
     assert!(parse_byte_size("99999999999999999999gb").is_err());
 
     let with = |value: &str| {
-        Config::from_yaml_str(&format!("{MINIMAL}\nlimits: {{max_bulk_len: {value}}}"))
-            .map(|c| c.limits.max_bulk_len)
+        Config::from_yaml_str(&format!("{MINIMAL}\nlimits: {{max_bulk_len: {value}}}")).map(|c| c.limits.max_bulk_len)
     };
     assert_eq!(with("512mb"), Ok(536_870_912));
     assert_eq!(with("'64kb'"), Ok(65_536));
     assert_eq!(with("1024"), Ok(1024));
     let negative = with("-1").expect_err("negative");
-    assert_eq!(
-        pairs(&negative),
-        [(
-            "limits.max_bulk_len".to_string(),
-            "a size cannot be negative".to_string()
-        )]
-    );
+    assert_eq!(pairs(&negative), [("limits.max_bulk_len".to_string(), "a size cannot be negative".to_string())]);
     let bad = with("12xb").expect_err("bad unit");
-    assert!(
-        bad.errors()[0].message.contains("unknown unit \"xb\""),
-        "{bad}"
-    );
+    assert!(bad.errors()[0].message.contains("unknown unit \"xb\""), "{bad}");
 }
 
 #[test]
@@ -584,8 +484,7 @@ fn durations_need_units_except_zero() {
     assert!(parse_duration("").is_err());
 
     let with = |value: &str| {
-        Config::from_yaml_str(&format!("{MINIMAL}\nlimits: {{idle_timeout: {value}}}"))
-            .map(|c| c.limits.idle_timeout)
+        Config::from_yaml_str(&format!("{MINIMAL}\nlimits: {{idle_timeout: {value}}}")).map(|c| c.limits.idle_timeout)
     };
     assert_eq!(with("30s"), Ok(Duration::from_secs(30)));
     assert_eq!(with("5m"), Ok(Duration::from_secs(300)));
@@ -593,12 +492,7 @@ fn durations_need_units_except_zero() {
     assert_eq!(with("'0'"), Ok(Duration::ZERO));
     let bare = with("30").expect_err("bare number");
     assert_eq!(bare.errors()[0].path, "limits.idle_timeout");
-    assert!(
-        bare.errors()[0]
-            .message
-            .contains("needs a unit, e.g. \"30s\""),
-        "{bare}"
-    );
+    assert!(bare.errors()[0].message.contains("needs a unit, e.g. \"30s\""), "{bare}");
     assert!(with("-5").is_err());
     assert!(with("1.5").is_err());
 }
@@ -615,10 +509,7 @@ fn url(text: &str) -> BackendUrl {
 #[test]
 fn urls_parse() {
     let u = url("redis://10.1.2.3:6380/4");
-    assert_eq!(
-        (u.tls, u.host.as_str(), u.port, u.db),
-        (false, "10.1.2.3", 6380, 4)
-    );
+    assert_eq!((u.tls, u.host.as_str(), u.port, u.db), (false, "10.1.2.3", 6380, 4));
     assert_eq!(u.to_string(), "redis://10.1.2.3:6380/4");
 
     let u = url("rediss://cache.example.com");
@@ -647,32 +538,17 @@ fn bad_urls_are_rejected_with_clear_messages() {
         Ok(u) => panic!("{text} parsed as {u:?}"),
         Err(e) => e,
     };
-    assert_eq!(
-        err("redis://h:63799x"),
-        UrlError::InvalidPort("63799x".into())
-    );
-    assert_eq!(
-        err("redis://h:63799x").to_string(),
-        "invalid port \"63799x\""
-    );
-    assert_eq!(
-        err("redis://h:70000"),
-        UrlError::InvalidPort("70000".into())
-    );
+    assert_eq!(err("redis://h:63799x"), UrlError::InvalidPort("63799x".into()));
+    assert_eq!(err("redis://h:63799x").to_string(), "invalid port \"63799x\"");
+    assert_eq!(err("redis://h:70000"), UrlError::InvalidPort("70000".into()));
     assert_eq!(err("redis://h:0"), UrlError::InvalidPort("0".into()));
     assert_eq!(err("redis://h:"), UrlError::InvalidPort("".into()));
-    assert_eq!(
-        err("http://h:1").to_string(),
-        "unsupported scheme \"http\" (expected redis:// or rediss://)"
-    );
+    assert_eq!(err("http://h:1").to_string(), "unsupported scheme \"http\" (expected redis:// or rediss://)");
     assert_eq!(err("redis://:6379").to_string(), "missing host");
     assert_eq!(err("redis://"), UrlError::MissingHost);
     assert_eq!(err(""), UrlError::Empty);
     assert_eq!(err("redis://::1:6379"), UrlError::UnbracketedIpv6);
-    assert_eq!(
-        err("redis://[nope]:1"),
-        UrlError::InvalidIpv6("nope".into())
-    );
+    assert_eq!(err("redis://[nope]:1"), UrlError::InvalidIpv6("nope".into()));
     assert_eq!(err("redis://h:1/x"), UrlError::InvalidDb("x".into()));
     assert_eq!(err("redis://h a:1"), UrlError::InvalidHost("h a".into()));
     assert_eq!(err("redis://@h:1"), UrlError::EmptyUser);
@@ -689,16 +565,10 @@ fn inline_passwords_are_rejected_without_echoing_them() {
     ] {
         let e = text.parse::<BackendUrl>().expect_err(text);
         let message = e.to_string();
-        assert!(
-            !message.contains("hunter2") && !message.contains("ter2"),
-            "{text}: {message}"
-        );
+        assert!(!message.contains("hunter2") && !message.contains("ter2"), "{text}: {message}");
         if text.contains('@') {
             assert_eq!(e, UrlError::InlinePassword, "{text}");
-            assert!(
-                message.contains("password_env or password_file"),
-                "{message}"
-            );
+            assert!(message.contains("password_env or password_file"), "{message}");
         }
     }
     let errors = load_err("backends: {source: {url: 'redis://app:hunter2@db:6379'}}");
@@ -711,14 +581,11 @@ fn inline_passwords_are_rejected_without_echoing_them() {
 fn url_user_name_fills_username() {
     let env = "TANDEM_CFG_TEST_URL_USER_PW";
     set_env(env, "pw");
-    let config = load(&format!(
-        "backends: {{source: {{url: 'redis://app@h:1', password_env: {env}}}}}"
-    ));
+    let config = load(&format!("backends: {{source: {{url: 'redis://app@h:1', password_env: {env}}}}}"));
     assert_eq!(config.backends.source.username.as_deref(), Some("app"));
 
-    let conflict = load_err(&format!(
-        "backends: {{source: {{url: 'redis://app@h:1', username: other, password_env: {env}}}}}"
-    ));
+    let conflict =
+        load_err(&format!("backends: {{source: {{url: 'redis://app@h:1', username: other, password_env: {env}}}}}"));
     assert_eq!(paths(&conflict), ["backends.source.url"]);
 
     let no_password = load_err("backends: {source: {url: 'redis://app@h:1'}}");
@@ -731,22 +598,15 @@ fn url_user_name_fills_username() {
 fn env_var_secrets_are_resolved() {
     let env = "TANDEM_CFG_TEST_SOURCE_PASSWORD_91c2";
     set_env(env, "s3cr3t-from-env");
-    let config = load(&format!(
-        "backends: {{source: {{url: redis://h:1, username: app, password_env: {env}}}}}"
-    ));
+    let config = load(&format!("backends: {{source: {{url: redis://h:1, username: app, password_env: {env}}}}}"));
     let password = config.backends.source.password().expect("resolved");
     assert_eq!(password.expose(), "s3cr3t-from-env");
     assert!(password.ct_eq(b"s3cr3t-from-env"));
     assert!(!password.ct_eq(b"s3cr3t-from-enV"));
 
     let unset = "TANDEM_CFG_TEST_NEVER_SET_77ad";
-    let errors = load_err(&format!(
-        "backends: {{source: {{url: redis://h:1, password_env: {unset}}}}}"
-    ));
-    assert_eq!(
-        errors.to_string(),
-        format!("backends.source.password_env: environment variable {unset} is not set")
-    );
+    let errors = load_err(&format!("backends: {{source: {{url: redis://h:1, password_env: {unset}}}}}"));
+    assert_eq!(errors.to_string(), format!("backends.source.password_env: environment variable {unset} is not set"));
 }
 
 #[test]
@@ -758,18 +618,8 @@ fn file_secrets_are_resolved_and_checked() {
         "backends: {{source: {{url: redis://h:1, password_file: '{path}'}}}}\n\
          auth: {{users: [{{name: ops, password_file: '{path}'}}]}}"
     ));
-    assert_eq!(
-        config.backends.source.password().map(|s| s.expose()),
-        Some("from-a-file")
-    );
-    assert_eq!(
-        config
-            .auth
-            .user("ops")
-            .and_then(|u| u.password())
-            .map(|s| s.expose()),
-        Some("from-a-file")
-    );
+    assert_eq!(config.backends.source.password().map(|s| s.expose()), Some("from-a-file"));
+    assert_eq!(config.auth.user("ops").and_then(|u| u.password()).map(|s| s.expose()), Some("from-a-file"));
 
     let env = "TANDEM_CFG_TEST_BOTH_ENV_AND_FILE";
     set_env(env, "x");
@@ -777,17 +627,8 @@ fn file_secrets_are_resolved_and_checked() {
         "backends:\n  source: {{url: redis://h:1, password_env: {env}, password_file: '{path}'}}\n  \
          target: {{url: redis://h:2, password_file: /nonexistent/tandem/pw}}"
     ));
-    assert_eq!(
-        paths(&errors),
-        [
-            "backends.source.password_file",
-            "backends.target.password_file"
-        ],
-        "{errors}"
-    );
-    assert!(errors.errors()[1]
-        .message
-        .starts_with("cannot read \"/nonexistent/tandem/pw\":"));
+    assert_eq!(paths(&errors), ["backends.source.password_file", "backends.target.password_file"], "{errors}");
+    assert!(errors.errors()[1].message.starts_with("cannot read \"/nonexistent/tandem/pw\":"));
 }
 
 #[test]
@@ -804,20 +645,10 @@ fn secrets_never_appear_in_debug_output() {
          target: {{url: redis://h:2, password_file: '{path}'}}\n\
          auth: {{users: [{{name: a, password_env: {env}}}, {{name: b, password_sha256: '{hash}'}}]}}"
     ));
-    assert_eq!(
-        config.admin.token().map(|t| t.expose()),
-        Some("planted-Secret-VALUE-42")
-    );
+    assert_eq!(config.admin.token().map(|t| t.expose()), Some("planted-Secret-VALUE-42"));
     let debug = format!("{config:?} {:#?}", config);
-    for planted in [
-        "planted-Secret-VALUE-42",
-        "planted-FILE-secret-43",
-        hash.as_str(),
-    ] {
-        assert!(
-            !debug.contains(planted),
-            "{planted} leaked into Debug output"
-        );
+    for planted in ["planted-Secret-VALUE-42", "planted-FILE-secret-43", hash.as_str()] {
+        assert!(!debug.contains(planted), "{planted} leaked into Debug output");
     }
     assert!(debug.contains("***"));
     let secret = config.backends.source.password().expect("resolved");
@@ -840,14 +671,7 @@ fn user_password_rules() {
     assert_eq!(digest[0], 0x5e);
     assert_eq!(digest[31], 0xd8);
     assert!(matches!(reader.credential(), Some(UserPassword::Sha256(_))));
-    assert_eq!(
-        config
-            .auth
-            .user("default")
-            .and_then(|u| u.password())
-            .map(|s| s.expose()),
-        Some("pw")
-    );
+    assert_eq!(config.auth.user("default").and_then(|u| u.password()).map(|s| s.expose()), Some("pw"));
 
     let errors = load_err(&format!(
         "{MINIMAL}\nauth:\n  users:\n\
@@ -868,10 +692,7 @@ fn user_password_rules() {
         ],
         "{errors}"
     );
-    assert_eq!(
-        errors.errors()[3].message,
-        "duplicate user \"a\" (also auth.users[0])"
-    );
+    assert_eq!(errors.errors()[3].message, "duplicate user \"a\" (also auth.users[0])");
     assert!(!errors.to_string().contains(hash));
 }
 
@@ -879,24 +700,17 @@ fn user_password_rules() {
 
 #[test]
 fn allow_commands_are_normalised_and_matched() {
-    let config = load(&format!(
-        "{MINIMAL}\nallow_commands: ['CONFIG SET', DEBUG, 'client|Kill', flushall, 'config  set']"
-    ));
+    let config =
+        load(&format!("{MINIMAL}\nallow_commands: ['CONFIG SET', DEBUG, 'client|Kill', flushall, 'config  set']"));
     let list = &config.allow_commands;
-    assert_eq!(
-        &list[..],
-        ["config|set", "debug", "client|kill", "flushall"]
-    );
+    assert_eq!(&list[..], ["config|set", "debug", "client|kill", "flushall"]);
     assert!(list.allows("config|set"));
     assert!(list.allows("CONFIG SET"));
     assert!(list.allows("Config|Set"));
     assert!(!list.allows("config|get"));
     assert!(!list.allows("config"));
     assert!(list.allows("debug"));
-    assert!(
-        list.allows("debug|sleep"),
-        "a bare entry allows every subcommand"
-    );
+    assert!(list.allows("debug|sleep"), "a bare entry allows every subcommand");
     assert!(list.allows("FLUSHALL"));
     assert!(!list.allows("flushdb"));
     assert!(!list.allows(""));
@@ -913,8 +727,7 @@ fn allow_commands_are_normalised_and_matched() {
 
 #[test]
 fn overrides_replace_fields_and_keep_the_rest() {
-    let mut config =
-        load("backends: {source: {url: redis://h:1, pool_size: 7}, target: {url: redis://t:1}}");
+    let mut config = load("backends: {source: {url: redis://h:1, pool_size: 7}, target: {url: redis://t:1}}");
     config
         .apply_overrides(
             Some("0.0.0.0:7000".into()),
@@ -925,47 +738,25 @@ fn overrides_replace_fields_and_keep_the_rest() {
         .expect("valid overrides");
     assert_eq!(config.listen, "0.0.0.0:7000");
     assert_eq!(config.admin.listen, "[::1]:9000");
-    assert_eq!(
-        config.backends.source.url.to_string(),
-        "rediss://other:6000/3"
-    );
-    assert_eq!(
-        config.backends.source.pool_size, 7,
-        "other backend fields stay"
-    );
-    assert_eq!(
-        config.backends.target.as_ref().map(|t| t.url.host.as_str()),
-        Some("t")
-    );
+    assert_eq!(config.backends.source.url.to_string(), "rediss://other:6000/3");
+    assert_eq!(config.backends.source.pool_size, 7, "other backend fields stay");
+    assert_eq!(config.backends.target.as_ref().map(|t| t.url.host.as_str()), Some("t"));
 }
 
 #[test]
 fn override_errors_name_the_flag_and_leave_the_config_unchanged() {
     let mut config = load(MINIMAL);
     let errors = config
-        .apply_overrides(
-            Some("nope".into()),
-            None,
-            Some("redis://h:x".into()),
-            Some("redis://u:hunter2@t:1".into()),
-        )
+        .apply_overrides(Some("nope".into()), None, Some("redis://h:x".into()), Some("redis://u:hunter2@t:1".into()))
         .expect_err("bad overrides");
     assert_eq!(paths(&errors), ["--listen", "--source", "--target"]);
-    assert_eq!(
-        errors.errors()[1].to_string(),
-        "--source: invalid port \"x\""
-    );
+    assert_eq!(errors.errors()[1].to_string(), "--source: invalid port \"x\"");
     assert!(!errors.to_string().contains("hunter2"));
     assert_eq!(config.listen, defaults::LISTEN);
     assert_eq!(config.backends.source.url.host, "127.0.0.1");
 
-    let same = config
-        .apply_overrides(None, None, None, Some("127.0.0.1:6379".into()))
-        .expect_err("same as source");
-    assert_eq!(
-        same.to_string(),
-        "--target: same address as backends.source.url"
-    );
+    let same = config.apply_overrides(None, None, None, Some("127.0.0.1:6379".into())).expect_err("same as source");
+    assert_eq!(same.to_string(), "--target: same address as backends.source.url");
     assert!(config.backends.target.is_none());
 }
 
@@ -974,20 +765,14 @@ fn from_overrides_builds_a_config_without_a_file() {
     let missing = Config::from_overrides(None, None, None, None).expect_err("needs source");
     assert_eq!(paths(&missing), ["--source"]);
 
-    let config = Config::from_overrides(
-        None,
-        None,
-        Some("redis://10.0.0.1:6379".into()),
-        Some("10.0.0.2:6379".into()),
-    )
-    .expect("valid");
+    let config = Config::from_overrides(None, None, Some("redis://10.0.0.1:6379".into()), Some("10.0.0.2:6379".into()))
+        .expect("valid");
     assert_eq!(config.listen, defaults::LISTEN);
     assert_eq!(config.backends.source.url.host, "10.0.0.1");
     let target = config.backends.target.as_ref().expect("target");
     assert_eq!(target.url.to_string(), "redis://10.0.0.2:6379");
     assert_backend_defaults(target);
 
-    let same = Config::from_overrides(None, None, Some("redis://h:1".into()), Some("h:1".into()))
-        .expect_err("same");
+    let same = Config::from_overrides(None, None, Some("redis://h:1".into()), Some("h:1".into())).expect_err("same");
     assert_eq!(same.to_string(), "--target: same address as --source");
 }

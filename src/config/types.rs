@@ -128,16 +128,10 @@ pub struct Backend {
     #[serde(default = "defaults::pool_size")]
     pub pool_size: u32,
     /// Limit for establishing a connection (and TLS, AUTH, SELECT); default 1s.
-    #[serde(
-        default = "defaults::connect_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "units::duration")]
     pub connect_timeout: Duration,
     /// Limit for one command's reply; default 5s.
-    #[serde(
-        default = "defaults::command_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "defaults::command_timeout", deserialize_with = "units::duration")]
     pub command_timeout: Duration,
     /// Delay between reconnection attempts, doubling from `min` to `max`.
     #[serde(default)]

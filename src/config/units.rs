@@ -22,11 +22,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("empty duration; write e.g. \"250ms\", \"2s\" or \"5m\"".to_string());
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        return if text.bytes().all(|b| b == b'0') {
-            Ok(Duration::ZERO)
-        } else {
-            Err(needs_unit(text))
-        };
+        return if text.bytes().all(|b| b == b'0') { Ok(Duration::ZERO) } else { Err(needs_unit(text)) };
     }
     humantime::parse_duration(text).map_err(|_| {
         format!("invalid duration \"{text}\"; write a number with a unit, e.g. \"250ms\", \"2s\" or \"5m\"")
@@ -34,17 +30,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn needs_unit(number: &str) -> String {
-    format!(
-        "the duration {number} needs a unit, e.g. \"{number}s\" or \"{number}ms\" (only 0 may be written bare)"
-    )
+    format!("the duration {number} needs a unit, e.g. \"{number}s\" or \"{number}ms\" (only 0 may be written bare)")
 }
 
 /// Parses a byte size string (see the module docs for the units).
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(digits_end);
     if digits.is_empty() {
         return Err(format!(
@@ -60,9 +52,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "g" => 1000 * 1000 * 1000,
         "gb" | "gib" => 1 << 30,
         other => {
-            return Err(format!(
-                "invalid size \"{trimmed}\": unknown unit \"{other}\" (use b, k, kb, m, mb, g or gb)"
-            ));
+            return Err(format!("invalid size \"{trimmed}\": unknown unit \"{other}\" (use b, k, kb, m, mb, g or gb)"));
         }
     };
     digits
@@ -104,9 +94,7 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
         }
 
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-            Err(E::custom(format!(
-                "the duration {v} needs a unit and a whole number, e.g. \"1500ms\""
-            )))
+            Err(E::custom(format!("the duration {v} needs a unit and a whole number, e.g. \"1500ms\"")))
         }
     }
 

@@ -42,9 +42,7 @@ pub enum UrlError {
     #[error("unsupported scheme \"{0}\" (expected redis:// or rediss://)")]
     UnsupportedScheme(String),
     /// `user:password@` in the URL.
-    #[error(
-        "a password must not be written in the URL; remove it and use password_env or password_file instead"
-    )]
+    #[error("a password must not be written in the URL; remove it and use password_env or password_file instead")]
     InlinePassword,
     /// `@` with nothing before it.
     #[error("empty user name before \"@\"")]
@@ -71,9 +69,7 @@ pub enum UrlError {
     #[error("invalid database \"{0}\" (expected a number, e.g. redis://host:6379/0)")]
     InvalidDb(String),
     /// `?query` or `#fragment` (not echoed: it may hold a password).
-    #[error(
-        "query parameters and fragments (\"?...\", \"#...\") are not supported; use the backend's fields instead"
-    )]
+    #[error("query parameters and fragments (\"?...\", \"#...\") are not supported; use the backend's fields instead")]
     QueryNotSupported,
 }
 
@@ -91,9 +87,7 @@ impl BackendUrl {
     /// case-insensitively; names are not resolved, so `localhost` and
     /// `127.0.0.1` count as different).
     pub fn same_endpoint(&self, other: &BackendUrl) -> bool {
-        self.host.eq_ignore_ascii_case(&other.host)
-            && self.port == other.port
-            && self.db == other.db
+        self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port && self.db == other.db
     }
 }
 
@@ -131,11 +125,7 @@ impl FromStr for BackendUrl {
                 if userinfo.is_empty() {
                     return Err(UrlError::EmptyUser);
                 }
-                if userinfo.contains('/')
-                    || userinfo
-                        .chars()
-                        .any(|c| c.is_whitespace() || c.is_control())
-                {
+                if userinfo.contains('/') || userinfo.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(UrlError::InvalidUser);
                 }
                 (Some(userinfo.to_string()), after)
@@ -160,13 +150,7 @@ impl FromStr for BackendUrl {
                 .filter(|_| path.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(|| UrlError::InvalidDb(path.to_string()))?
         };
-        Ok(BackendUrl {
-            tls,
-            host,
-            port,
-            db,
-            username,
-        })
+        Ok(BackendUrl { tls, host, port, db, username })
     }
 }
 
@@ -216,10 +200,7 @@ fn split_host_port(authority: &str) -> Result<(String, Option<&str>), UrlError> 
     if host.is_empty() {
         return Err(UrlError::MissingHost);
     }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         return Err(UrlError::InvalidHost(host.to_string()));
     }
     Ok((host.to_string(), port))
@@ -274,12 +255,10 @@ pub(crate) fn parse_listen(text: &str) -> Result<(String, u16), String> {
             .filter(|_| port.bytes().all(|b| b.is_ascii_digit()))
             .map(|port| (host, port))
             .ok_or_else(|| format!("invalid port \"{port}\" in address \"{text}\"")),
-        Ok((_, None)) => Err(format!(
-            "address \"{text}\" has no port (expected host:port)"
-        )),
-        Err(UrlError::UnbracketedIpv6) => Err(format!(
-            "invalid address \"{text}\": IPv6 addresses must be in brackets, e.g. [::1]:6380"
-        )),
+        Ok((_, None)) => Err(format!("address \"{text}\" has no port (expected host:port)")),
+        Err(UrlError::UnbracketedIpv6) => {
+            Err(format!("invalid address \"{text}\": IPv6 addresses must be in brackets, e.g. [::1]:6380"))
+        }
         Err(_) => Err(bad()),
     }
 }

@@ -39,25 +39,15 @@ impl Checks<'_> {
     /// (its value is not what the user wrote).
     fn touched(&self, path: &str) -> bool {
         let path = self.orig(path);
-        self.removed
-            .iter()
-            .any(|r| covers(r, &path) || covers(&path, r))
+        self.removed.iter().any(|r| covers(r, &path) || covers(&path, r))
     }
 }
 
 /// Checks `config` and resolves its secrets. `removed` lists paths the
 /// structural pass cut out and `removals` maps list indices back to the
 /// file's; both are empty/`None` for a configuration built in code.
-pub(crate) fn validate(
-    config: &mut Config,
-    removed: &[String],
-    removals: Option<&Removals>,
-) -> Vec<ConfigError> {
-    let mut checks = Checks {
-        errors: Vec::new(),
-        removed,
-        removals,
-    };
+pub(crate) fn validate(config: &mut Config, removed: &[String], removals: Option<&Removals>) -> Vec<ConfigError> {
+    let mut checks = Checks { errors: Vec::new(), removed, removals };
     let c = &mut checks;
 
     let listen = check_listen(c, "listen", &config.listen);
@@ -68,13 +58,8 @@ pub(crate) fn validate(
         }
         _ => {}
     }
-    config.admin.token = resolve_one_of(
-        c,
-        "admin",
-        "token",
-        config.admin.token_env.as_deref(),
-        config.admin.token_file.as_deref(),
-    );
+    config.admin.token =
+        resolve_one_of(c, "admin", "token", config.admin.token_env.as_deref(), config.admin.token_file.as_deref());
 
     if config.log.level.trim().is_empty() {
         c.error("log.level", "must not be empty (e.g. \"info\")");
@@ -83,9 +68,7 @@ pub(crate) fn validate(
     check_backend(c, "backends.source", &mut config.backends.source);
     if let Some(target) = &mut config.backends.target {
         check_backend(c, "backends.target", target);
-        if target.url.same_endpoint(&config.backends.source.url)
-            && !c.touched("backends.source.url")
-        {
+        if target.url.same_endpoint(&config.backends.source.url) && !c.touched("backends.source.url") {
             c.error("backends.target.url", "same address as backends.source.url");
         }
     }
@@ -107,18 +90,10 @@ pub(crate) fn validate(
 
     for i in 0..config.auth.users.len() {
         let path = format!("auth.users[{i}]");
-        let earlier = config.auth.users[..i]
-            .iter()
-            .position(|u| u.name == config.auth.users[i].name);
+        let earlier = config.auth.users[..i].iter().position(|u| u.name == config.auth.users[i].name);
         if let Some(j) = earlier {
             let other = c.orig(&format!("auth.users[{j}]"));
-            c.error(
-                format!("{path}.name"),
-                format!(
-                    "duplicate user \"{}\" (also {other})",
-                    config.auth.users[i].name
-                ),
-            );
+            c.error(format!("{path}.name"), format!("duplicate user \"{}\" (also {other})", config.auth.users[i].name));
         }
         check_user(c, &path, &mut config.auth.users[i]);
     }
@@ -141,10 +116,7 @@ pub(crate) fn validate(
         c.error("mirror.timeout", "must be greater than 0");
     }
     if config.mirror.journal.as_deref() == Some(Path::new("")) {
-        c.error(
-            "mirror.journal",
-            "must not be empty (omit it for no journal)",
-        );
+        c.error("mirror.journal", "must not be empty (omit it for no journal)");
     }
     if config.mirror.journal_max_bytes == 0 {
         c.error("mirror.journal_max_bytes", "must be at least 1");
@@ -178,10 +150,7 @@ fn check_backend(c: &mut Checks<'_>, path: &str, backend: &mut Backend) {
     if !(1..=POOL_SIZE_MAX).contains(&backend.pool_size) {
         c.error(
             format!("{path}.pool_size"),
-            format!(
-                "must be between 1 and {POOL_SIZE_MAX}, got {}",
-                backend.pool_size
-            ),
+            format!("must be between 1 and {POOL_SIZE_MAX}, got {}", backend.pool_size),
         );
     }
     for (name, value) in [
@@ -215,56 +184,34 @@ fn check_backend(c: &mut Checks<'_>, path: &str, backend: &mut Backend) {
         c.error(format!("{path}.username"), "must not be empty");
     }
 
-    backend.password = resolve_one_of(
-        c,
-        path,
-        "password",
-        backend.password_env.as_deref(),
-        backend.password_file.as_deref(),
-    );
+    backend.password =
+        resolve_one_of(c, path, "password", backend.password_env.as_deref(), backend.password_file.as_deref());
     let password_given = backend.password_env.is_some() || backend.password_file.is_some();
     if backend.username.is_some()
         && !password_given
         && !c.touched(&format!("{path}.password_env"))
         && !c.touched(&format!("{path}.password_file"))
     {
-        c.error(
-            format!("{path}.username"),
-            "a user name needs a password: set password_env or password_file",
-        );
+        c.error(format!("{path}.username"), "a user name needs a password: set password_env or password_file");
     }
 }
 
 fn check_user(c: &mut Checks<'_>, path: &str, user: &mut User) {
     if user.name.is_empty() {
         c.error(format!("{path}.name"), "must not be empty");
-    } else if user
-        .name
-        .chars()
-        .any(|ch| ch.is_whitespace() || ch.is_control())
-    {
-        c.error(
-            format!("{path}.name"),
-            "must not contain spaces or control characters",
-        );
+    } else if user.name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.error(format!("{path}.name"), "must not contain spaces or control characters");
     }
-    let given = [
-        user.password_env.is_some(),
-        user.password_file.is_some(),
-        user.password_sha256.is_some(),
-    ]
-    .iter()
-    .filter(|g| **g)
-    .count();
+    let given = [user.password_env.is_some(), user.password_file.is_some(), user.password_sha256.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
     user.credential = None;
     match given {
         0 => {
             let fields = ["password_env", "password_file", "password_sha256"];
             if !fields.iter().any(|f| c.touched(&format!("{path}.{f}"))) {
-                c.error(
-                    path,
-                    "set one of password_env, password_file or password_sha256",
-                );
+                c.error(path, "set one of password_env, password_file or password_sha256");
             }
         }
         1 => {
@@ -277,14 +224,9 @@ fn check_user(c: &mut Checks<'_>, path: &str, user: &mut User) {
                     ),
                 }
             } else {
-                user.credential = resolve_one_of(
-                    c,
-                    path,
-                    "password",
-                    user.password_env.as_deref(),
-                    user.password_file.as_deref(),
-                )
-                .map(UserPassword::Plain);
+                user.credential =
+                    resolve_one_of(c, path, "password", user.password_env.as_deref(), user.password_file.as_deref())
+                        .map(UserPassword::Plain);
             }
         }
         _ => {
@@ -293,10 +235,7 @@ fn check_user(c: &mut Checks<'_>, path: &str, user: &mut User) {
             } else {
                 "password_sha256"
             };
-            c.error(
-                format!("{path}.{second}"),
-                "set only one of password_env, password_file or password_sha256",
-            );
+            c.error(format!("{path}.{second}"), "set only one of password_env, password_file or password_sha256");
         }
     }
 }
@@ -316,10 +255,7 @@ fn resolve_one_of(
     match (env, file) {
         (None, None) => None,
         (Some(_), Some(_)) => {
-            c.error(
-                file_path,
-                format!("set only one of {what}_env or {what}_file"),
-            );
+            c.error(file_path, format!("set only one of {what}_env or {what}_file"));
             None
         }
         (Some(name), None) => match read_env(name) {

@@ -226,10 +226,7 @@ impl CommandInfo {
             KeySpec::Range { first, last, step } => {
                 range_keys(argc, first, last, step, &mut out);
             }
-            KeySpec::NumKeys {
-                numkeys_at,
-                first_key_before,
-            } => {
+            KeySpec::NumKeys { numkeys_at, first_key_before } => {
                 let at = usize::from(numkeys_at);
                 if first_key_before && argc > 1 {
                     out.push(1);
@@ -356,10 +353,7 @@ struct XreadScan {
 /// count that happens to be spelled "streams" or "block" is not mistaken for
 /// the keyword. Unknown tokens (options of a newer server) are stepped over.
 fn scan_xread<A: AsRef<[u8]>>(argv: &[A]) -> XreadScan {
-    let mut scan = XreadScan {
-        streams_at: None,
-        block: false,
-    };
+    let mut scan = XreadScan { streams_at: None, block: false };
     let mut i = 1;
     while let Some(arg) = argv.get(i) {
         let arg = arg.as_ref();
@@ -388,12 +382,7 @@ const SORT_OPTIONS: &[(&[u8], usize)] = &[(b"limit", 2), (b"by", 1), (b"get", 1)
 /// returns the index of the argument after the last one, as the server lets
 /// the last occurrence win. `skip` lists options whose values are stepped
 /// over.
-fn find_store<A: AsRef<[u8]>>(
-    argv: &[A],
-    start: usize,
-    skip: &[(&[u8], usize)],
-    keywords: &[&[u8]],
-) -> Option<usize> {
+fn find_store<A: AsRef<[u8]>>(argv: &[A], start: usize, skip: &[(&[u8], usize)], keywords: &[&[u8]]) -> Option<usize> {
     let mut found = None;
     let mut i = start;
     while let Some(arg) = argv.get(i) {
@@ -449,11 +438,7 @@ impl Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for &b in bytes {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -478,12 +463,7 @@ const KEY_BUF: usize = 72;
 
 /// Lowercases `name` (and `|sub`) into `buf`, or into `spill` if it does not
 /// fit, and returns the key bytes.
-fn lowercase_key<'a>(
-    buf: &'a mut [u8; KEY_BUF],
-    spill: &'a mut Vec<u8>,
-    name: &[u8],
-    sub: Option<&[u8]>,
-) -> &'a [u8] {
+fn lowercase_key<'a>(buf: &'a mut [u8; KEY_BUF], spill: &'a mut Vec<u8>, name: &[u8], sub: Option<&[u8]>) -> &'a [u8] {
     let len = name.len() + sub.map_or(0, |s| s.len() + 1);
     if len <= KEY_BUF {
         buf[..name.len()].copy_from_slice(name);
@@ -533,12 +513,7 @@ impl CommandTable {
             if keys.is_special() {
                 flags |= Flags::MOVABLE_KEYS;
             }
-            table.insert(CommandInfo {
-                name: name.into(),
-                arity,
-                flags,
-                keys,
-            });
+            table.insert(CommandInfo { name: name.into(), arity, flags, keys });
         }
         table
     }
@@ -590,9 +565,7 @@ impl CommandTable {
         }
         let mut buf = [0u8; KEY_BUF];
         let mut spill = Vec::new();
-        let entry = self
-            .map
-            .get(lowercase_key(&mut buf, &mut spill, name, None))?;
+        let entry = self.map.get(lowercase_key(&mut buf, &mut spill, name, None))?;
         if entry.has_subcommands {
             if let Some(sub) = argv.get(1).map(AsRef::as_ref) {
                 if name.len() + 1 + sub.len() <= self.max_name_len {
@@ -671,12 +644,7 @@ impl CommandTable {
             info.arity = doc.arity;
             info.flags = (info.flags & PROXY_FLAGS) | server | (doc.flags & Flags::RANDOM);
         } else {
-            self.insert(CommandInfo {
-                name: name.as_str().into(),
-                arity: doc.arity,
-                flags: doc.flags,
-                keys: doc.keys,
-            });
+            self.insert(CommandInfo { name: name.as_str().into(), arity: doc.arity, flags: doc.flags, keys: doc.keys });
             added += 1;
         }
 
@@ -701,17 +669,9 @@ impl CommandTable {
             }
         }
         // A subcommand may have been merged before its container.
-        let has_subcommands = self
-            .map
-            .keys()
-            .any(|k| k.len() > key.len() && k.starts_with(&key) && k[key.len()] == b'|');
-        self.map.insert(
-            key,
-            Entry {
-                info,
-                has_subcommands,
-            },
-        );
+        let has_subcommands =
+            self.map.keys().any(|k| k.len() > key.len() && k.starts_with(&key) && k[key.len()] == b'|');
+        self.map.insert(key, Entry { info, has_subcommands });
     }
 }
 
@@ -756,11 +716,7 @@ impl<'a> ReplyDoc<'a> {
             };
         }
         if let Some(OwnedFrame::Array(tips)) = fields.get(7) {
-            if tips
-                .iter()
-                .filter_map(frame_bytes)
-                .any(|t| t.eq_ignore_ascii_case(b"nondeterministic_output"))
-            {
+            if tips.iter().filter_map(frame_bytes).any(|t| t.eq_ignore_ascii_case(b"nondeterministic_output")) {
                 flags |= Flags::RANDOM;
             }
         }
@@ -778,13 +734,7 @@ impl<'a> ReplyDoc<'a> {
             Some(OwnedFrame::Array(subs)) if !subs.is_empty() => Some(subs.as_slice()),
             _ => None,
         };
-        Some(ReplyDoc {
-            name,
-            arity,
-            flags,
-            keys,
-            subcommands,
-        })
+        Some(ReplyDoc { name, arity, flags, keys, subcommands })
     }
 }
 
@@ -841,10 +791,7 @@ const fn rg(first: u16, last: i16, step: u16) -> KeySpec {
 }
 
 const fn nk(numkeys_at: u16, first_key_before: bool) -> KeySpec {
-    KeySpec::NumKeys {
-        numkeys_at,
-        first_key_before,
-    }
+    KeySpec::NumKeys { numkeys_at, first_key_before }
 }
 
 /// `(name, arity, flags, keys)`, grouped as in the Redis documentation.
@@ -1259,10 +1206,7 @@ mod tests {
     /// Key arguments of `cmdline` (split on spaces; `""` stands for an empty
     /// argument), as strings.
     fn keys(cmdline: &str) -> Vec<String> {
-        let argv: Vec<&str> = cmdline
-            .split(' ')
-            .map(|a| if a == "\"\"" { "" } else { a })
-            .collect();
+        let argv: Vec<&str> = cmdline.split(' ').map(|a| if a == "\"\"" { "" } else { a }).collect();
         let t = table();
         let idx = info(&t, &argv).key_indices(&argv);
         idx.iter().map(|&i| argv[i].to_string()).collect()
@@ -1291,10 +1235,7 @@ mod tests {
         assert_eq!(&*setname.name, "client|setname");
         assert!(setname.flags.contains(Flags::CONNECTION));
 
-        assert_eq!(
-            &*info(&t, &["object", "ENCODING", "k"]).name,
-            "object|encoding"
-        );
+        assert_eq!(&*info(&t, &["object", "ENCODING", "k"]).name, "object|encoding");
         assert_eq!(&*info(&t, &["XINFO", "stream", "s"]).name, "xinfo|stream");
         assert_eq!(&*info(&t, &["memory", "usage", "k"]).name, "memory|usage");
         assert_eq!(&*info(&t, &["script", "load", "x"]).name, "script|load");
@@ -1346,10 +1287,7 @@ mod tests {
         assert_eq!(keys("XINFO STREAM s FULL"), ["s"]);
         assert_eq!(keys("XGROUP CREATE s g $"), ["s"]);
         assert_eq!(keys("GETEX k PERSIST"), ["k"]);
-        assert_eq!(
-            keys("GEOSEARCHSTORE d s FROMMEMBER m BYRADIUS 1 km"),
-            ["d", "s"]
-        );
+        assert_eq!(keys("GEOSEARCHSTORE d s FROMMEMBER m BYRADIUS 1 km"), ["d", "s"]);
         assert!(keys("PING").is_empty());
         assert!(keys("CONFIG GET maxmemory").is_empty());
         // Malformed input: positions past the end are dropped.
@@ -1391,10 +1329,7 @@ mod tests {
         assert_eq!(keys("XREADGROUP GROUP g c BLOCK 0 STREAMS s1 >"), ["s1"]);
         // A group and consumer named like the keyword are not the keyword.
         assert_eq!(keys("XREADGROUP GROUP streams streams STREAMS k >"), ["k"]);
-        assert_eq!(
-            keys("XREADGROUP GROUP g c NOACK COUNT 1 STREAMS a b 0 0"),
-            ["a", "b"]
-        );
+        assert_eq!(keys("XREADGROUP GROUP g c NOACK COUNT 1 STREAMS a b 0 0"), ["a", "b"]);
         assert!(keys("XREAD COUNT 2").is_empty());
         assert!(keys("XREAD STREAMS").is_empty());
         // Unbalanced: only the keys that can have an id.
@@ -1408,17 +1343,11 @@ mod tests {
 
         assert_eq!(keys("MIGRATE host 6379 \"\" 0 5000 KEYS a b"), ["a", "b"]);
         assert_eq!(keys("MIGRATE host 6379 k 0 5000"), ["k"]);
-        assert_eq!(
-            keys("MIGRATE h 1 \"\" 0 5 COPY AUTH keys AUTH2 u keys KEYS a"),
-            ["a"]
-        );
+        assert_eq!(keys("MIGRATE h 1 \"\" 0 5 COPY AUTH keys AUTH2 u keys KEYS a"), ["a"]);
         assert_eq!(idx("MIGRATE h 1"), Vec::<usize>::new());
 
         assert_eq!(keys("GEORADIUS g 1 2 3 km STORE d"), ["g", "d"]);
-        assert_eq!(
-            keys("GEORADIUS g 1 2 3 km WITHDIST STOREDIST d"),
-            ["g", "d"]
-        );
+        assert_eq!(keys("GEORADIUS g 1 2 3 km WITHDIST STOREDIST d"), ["g", "d"]);
         assert_eq!(keys("GEORADIUSBYMEMBER g store 3 km COUNT 1"), ["g"]);
         assert_eq!(keys("GEORADIUSBYMEMBER g m 3 km STORE d"), ["g", "d"]);
         assert_eq!(keys("GEORADIUS_RO g 1 2 3 km"), ["g"]);
@@ -1468,9 +1397,7 @@ mod tests {
     /// (`expect`) or lacks all of `flags`.
     fn check(t: &CommandTable, flags: Flags, expect: bool, names: &str) {
         for name in names.split_whitespace() {
-            let Some(i) = t.get(name) else {
-                panic!("missing {name}")
-            };
+            let Some(i) = t.get(name) else { panic!("missing {name}") };
             assert_eq!(i.flags.contains(flags), expect, "{name}: {:?}", i.flags);
         }
     }
@@ -1488,38 +1415,13 @@ mod tests {
                      lcs touch";
         check(&t, Flags::READONLY, true, reads);
         check(&t, Flags::WRITE, false, reads);
-        check(
-            &t,
-            Flags::BLOCKING,
-            true,
-            "blpop brpop blmove brpoplpush blmpop bzpopmin bzpopmax bzmpop wait waitaof",
-        );
+        check(&t, Flags::BLOCKING, true, "blpop brpop blmove brpoplpush blmpop bzpopmin bzpopmax bzmpop wait waitaof");
         check(&t, Flags::BLOCKING, false, "xread xreadgroup lpop get");
         check(&t, Flags::MAY_BLOCK, true, "xread xreadgroup");
-        check(
-            &t,
-            Flags::SUBSCRIBE | Flags::PUBSUB,
-            true,
-            "subscribe psubscribe ssubscribe",
-        );
-        check(
-            &t,
-            Flags::SUBSCRIBE,
-            false,
-            "unsubscribe punsubscribe sunsubscribe publish spublish pubsub",
-        );
-        check(
-            &t,
-            Flags::PUBSUB,
-            true,
-            "publish spublish pubsub|channels unsubscribe sunsubscribe",
-        );
-        check(
-            &t,
-            Flags::TRANSACTION,
-            true,
-            "multi exec discard watch unwatch",
-        );
+        check(&t, Flags::SUBSCRIBE | Flags::PUBSUB, true, "subscribe psubscribe ssubscribe");
+        check(&t, Flags::SUBSCRIBE, false, "unsubscribe punsubscribe sunsubscribe publish spublish pubsub");
+        check(&t, Flags::PUBSUB, true, "publish spublish pubsub|channels unsubscribe sunsubscribe");
+        check(&t, Flags::TRANSACTION, true, "multi exec discard watch unwatch");
         check(
             &t,
             Flags::CONNECTION,
@@ -1527,12 +1429,7 @@ mod tests {
             "auth hello select quit reset readonly readwrite asking client|setname \
              client|getname client|tracking client|reply",
         );
-        check(
-            &t,
-            Flags::KEYSPACE,
-            true,
-            "scan keys dbsize randomkey flushdb flushall swapdb",
-        );
+        check(&t, Flags::KEYSPACE, true, "scan keys dbsize randomkey flushdb flushall swapdb");
         check(
             &t,
             Flags::DANGEROUS,
@@ -1557,18 +1454,8 @@ mod tests {
              object|freq memory|usage client|list client|info client|id debug scan",
         );
         check(&t, Flags::RANDOM, false, "get smembers");
-        check(
-            &t,
-            Flags::SCRIPT,
-            true,
-            "eval evalsha eval_ro evalsha_ro fcall fcall_ro script function|load",
-        );
-        check(
-            &t,
-            Flags::MOVABLE_KEYS,
-            true,
-            "eval zunionstore xread sort migrate georadius blmpop",
-        );
+        check(&t, Flags::SCRIPT, true, "eval evalsha eval_ro evalsha_ro fcall fcall_ro script function|load");
+        check(&t, Flags::MOVABLE_KEYS, true, "eval zunionstore xread sort migrate georadius blmpop");
         check(&t, Flags::MOVABLE_KEYS, false, "get mset georadius_ro");
         check(&t, Flags::ADMIN, true, "config|set client|list");
     }
@@ -1580,23 +1467,10 @@ mod tests {
         assert!(t.len() > 350);
         assert!(!t.is_empty());
         for i in t.iter() {
-            assert_eq!(
-                &*i.name,
-                i.name.to_ascii_lowercase(),
-                "name must be lowercase"
-            );
+            assert_eq!(&*i.name, i.name.to_ascii_lowercase(), "name must be lowercase");
             assert_ne!(i.arity, 0, "{}", i.name);
-            assert!(
-                !i.flags.contains(Flags::WRITE | Flags::READONLY),
-                "{} is both WRITE and READONLY",
-                i.name
-            );
-            assert_eq!(
-                i.keys.is_special(),
-                i.flags.contains(Flags::MOVABLE_KEYS),
-                "{}",
-                i.name
-            );
+            assert!(!i.flags.contains(Flags::WRITE | Flags::READONLY), "{} is both WRITE and READONLY", i.name);
+            assert_eq!(i.keys.is_special(), i.flags.contains(Flags::MOVABLE_KEYS), "{}", i.name);
             if let KeySpec::Range { first, step, .. } = i.keys {
                 assert!(first > 0 && step > 0, "{}", i.name);
             }
@@ -1609,8 +1483,7 @@ mod tests {
             if i.flags.contains(Flags::DANGEROUS) {
                 if let Some((container, _)) = i.name.split_once('|') {
                     assert!(
-                        t.get(container)
-                            .is_some_and(|c| c.flags.contains(Flags::DANGEROUS)),
+                        t.get(container).is_some_and(|c| c.flags.contains(Flags::DANGEROUS)),
                         "container of {} must be DANGEROUS",
                         i.name
                     );
@@ -1683,13 +1556,7 @@ mod tests {
         OwnedFrame::SimpleString(s.as_bytes().to_vec())
     }
 
-    fn doc(
-        name: &str,
-        arity: i64,
-        flags: &[&str],
-        range: (i64, i64, i64),
-        subs: Vec<OwnedFrame>,
-    ) -> OwnedFrame {
+    fn doc(name: &str, arity: i64, flags: &[&str], range: (i64, i64, i64), subs: Vec<OwnedFrame>) -> OwnedFrame {
         OwnedFrame::Array(vec![
             bulk(name),
             OwnedFrame::Integer(arity),
@@ -1747,20 +1614,8 @@ mod tests {
         let reply = OwnedFrame::Array(vec![
             // Redis 7.0 describes these with 0/0/0 and movablekeys.
             doc("eval", -3, &["noscript", "movablekeys"], (0, 0, 0), vec![]),
-            doc(
-                "xread",
-                -4,
-                &["readonly", "blocking", "movablekeys"],
-                (0, 0, 0),
-                vec![],
-            ),
-            doc(
-                "sort",
-                -2,
-                &["write", "denyoom", "movablekeys"],
-                (1, 1, 1),
-                vec![],
-            ),
+            doc("xread", -4, &["readonly", "blocking", "movablekeys"], (0, 0, 0), vec![]),
+            doc("sort", -2, &["write", "denyoom", "movablekeys"], (1, 1, 1), vec![]),
             doc("wait", 3, &["noscript"], (0, 0, 0), vec![]),
             doc(
                 "config",
@@ -1782,9 +1637,7 @@ mod tests {
 
         let eval = info(&t, &["eval"]);
         assert_eq!(eval.keys, nk(2, false));
-        assert!(eval
-            .flags
-            .contains(Flags::WRITE | Flags::SCRIPT | Flags::MOVABLE_KEYS));
+        assert!(eval.flags.contains(Flags::WRITE | Flags::SCRIPT | Flags::MOVABLE_KEYS));
 
         let xread = info(&t, &["xread"]);
         assert_eq!(xread.keys, KeySpec::Streams);
@@ -1802,12 +1655,8 @@ mod tests {
         assert_eq!(&*newthing.name, "config|newthing");
         assert_eq!(newthing.flags, Flags::ADMIN);
         assert!(t.get("config|bogus").is_some());
-        assert!(info(&t, &["client", "kill"])
-            .flags
-            .contains(Flags::DANGEROUS));
-        assert!(info(&t, &["mymod.get"])
-            .flags
-            .contains(Flags::RANDOM | Flags::READONLY));
+        assert!(info(&t, &["client", "kill"]).flags.contains(Flags::DANGEROUS));
+        assert!(info(&t, &["mymod.get"]).flags.contains(Flags::RANDOM | Flags::READONLY));
     }
 
     #[test]
@@ -1823,10 +1672,7 @@ mod tests {
         assert_eq!(t.merge_command_reply(&reply), 2);
         let touch = info(&t, &["MyMod.Admin", "TOUCH", "k"]);
         assert_eq!(&*touch.name, "mymod.admin|touch");
-        assert_eq!(
-            touch.key_indices(&["mymod.admin", "touch", "k"]).as_slice(),
-            &[2]
-        );
+        assert_eq!(touch.key_indices(&["mymod.admin", "touch", "k"]).as_slice(), &[2]);
     }
 
     #[test]
@@ -1957,30 +1803,15 @@ mod tests {
         // Everything in it is known already.
         assert_eq!(t.merge_command_reply(&reply), 0);
         assert_eq!(t.len(), before.len());
-        for name in [
-            "get",
-            "xread",
-            "zunionstore",
-            "object",
-            "object|encoding",
-            "object|freq",
-        ] {
+        for name in ["get", "xread", "zunionstore", "object", "object|encoding", "object|freq"] {
             assert_eq!(t.get(name), before.get(name), "{name} changed");
         }
         // A table that knows nothing learns them from the reply.
-        let mut empty = CommandTable {
-            map: HashMap::default(),
-            max_name_len: 0,
-        };
+        let mut empty = CommandTable { map: HashMap::default(), max_name_len: 0 };
         assert_eq!(empty.merge_command_reply(&reply), 4 + 5);
-        assert!(empty
-            .get("xread")
-            .is_some_and(|i| i.flags.contains(Flags::BLOCKING)));
+        assert!(empty.get("xread").is_some_and(|i| i.flags.contains(Flags::BLOCKING)));
         let argv = ["OBJECT", "encoding", "k"];
-        assert_eq!(
-            empty.lookup(&argv).map(|i| i.key_indices(&argv).to_vec()),
-            Some(vec![2])
-        );
+        assert_eq!(empty.lookup(&argv).map(|i| i.key_indices(&argv).to_vec()), Some(vec![2]));
     }
 
     /// Compares the built-in table with a full `COMMAND` reply captured from a
@@ -1990,9 +1821,8 @@ mod tests {
     /// `TANDEM_COMMAND_REPLY` to re-check the table against a new Redis release.
     #[test]
     fn matches_captured_command_reply() {
-        let path = std::env::var("TANDEM_COMMAND_REPLY").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/command_reply.resp").to_string()
-        });
+        let path = std::env::var("TANDEM_COMMAND_REPLY")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/command_reply.resp").to_string());
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => panic!("{path}: {e}"),
@@ -2001,9 +1831,7 @@ mod tests {
         let t = table();
         let mut problems = Vec::new();
         let mut seen = 0;
-        let OwnedFrame::Array(entries) = &reply else {
-            panic!("not an array")
-        };
+        let OwnedFrame::Array(entries) = &reply else { panic!("not an array") };
         let mut docs: Vec<&OwnedFrame> = entries.iter().collect();
         while let Some(frame) = docs.pop() {
             let Some(d) = ReplyDoc::parse(frame) else {
@@ -2019,10 +1847,7 @@ mod tests {
                 continue;
             };
             if i.arity != d.arity {
-                problems.push(format!(
-                    "{}: arity {} vs server {}",
-                    d.name, i.arity, d.arity
-                ));
+                problems.push(format!("{}: arity {} vs server {}", d.name, i.arity, d.arity));
             }
             let mine = i.flags & SERVER_FLAGS;
             let mut theirs = d.flags & SERVER_FLAGS;
@@ -2041,10 +1866,7 @@ mod tests {
                 problems.push(format!("{}: server says nondeterministic", d.name));
             }
             if !i.keys.is_special() && i.keys != d.keys {
-                problems.push(format!(
-                    "{}: keys {:?} vs server {:?}",
-                    d.name, i.keys, d.keys
-                ));
+                problems.push(format!("{}: keys {:?} vs server {:?}", d.name, i.keys, d.keys));
             }
         }
         // Merging a reply the table agrees with must change nothing.
@@ -2052,11 +1874,7 @@ mod tests {
         merged.merge_command_reply(&reply);
         for i in t.iter() {
             if merged.get(&i.name) != Some(i) {
-                problems.push(format!(
-                    "{}: changed by merge: {:?}",
-                    i.name,
-                    merged.get(&i.name)
-                ));
+                problems.push(format!("{}: changed by merge: {:?}", i.name, merged.get(&i.name)));
             }
         }
         assert!(seen > 200, "only {seen} entries in {path}");

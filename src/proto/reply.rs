@@ -106,12 +106,7 @@ fn parse_len(line: &[u8]) -> Result<i64, FrameError> {
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
         .filter(|&n| n >= -1)
-        .ok_or_else(|| {
-            FrameError(format!(
-                "invalid length {:?}",
-                String::from_utf8_lossy(line)
-            ))
-        })
+        .ok_or_else(|| FrameError(format!("invalid length {:?}", String::from_utf8_lossy(line))))
 }
 
 /// True if a reply frame is an error (`-ERR ...` or RESP3 blob error `!`).
@@ -179,8 +174,7 @@ pub fn put_bulk(b: &mut BytesMut, data: &[u8]) {
 
 /// Encodes a command as a RESP array of bulk strings, the form every server accepts.
 pub fn command<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
-    let mut b =
-        BytesMut::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    let mut b = BytesMut::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
     b.put_u8(b'*');
     b.put_slice(args.len().to_string().as_bytes());
     b.put_slice(b"\r\n");
@@ -278,56 +272,26 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..40).prop_map(F2::BulkString),
                 Just(F2::Null),
             ];
-            leaf.prop_recursive(4, 64, 8, |inner| {
-                proptest::collection::vec(inner, 0..8).prop_map(F2::Array)
-            })
+            leaf.prop_recursive(4, 64, 8, |inner| proptest::collection::vec(inner, 0..8).prop_map(F2::Array))
         }
 
         fn resp3() -> impl Strategy<Value = F3> {
             let leaf = prop_oneof![
-                proptest::collection::vec(any::<u8>(), 0..40).prop_map(|d| F3::BlobString {
-                    data: d,
-                    attributes: None
-                }),
-                any::<i64>().prop_map(|d| F3::Number {
-                    data: d,
-                    attributes: None
-                }),
-                any::<bool>().prop_map(|d| F3::Boolean {
-                    data: d,
-                    attributes: None
-                }),
-                (-1e6f64..1e6).prop_map(|d| F3::Double {
-                    data: d,
-                    attributes: None
-                }),
+                proptest::collection::vec(any::<u8>(), 0..40)
+                    .prop_map(|d| F3::BlobString { data: d, attributes: None }),
+                any::<i64>().prop_map(|d| F3::Number { data: d, attributes: None }),
+                any::<bool>().prop_map(|d| F3::Boolean { data: d, attributes: None }),
+                (-1e6f64..1e6).prop_map(|d| F3::Double { data: d, attributes: None }),
                 Just(F3::Null),
-                "[a-z]{0,12}".prop_map(|d| F3::SimpleString {
-                    data: d.into_bytes(),
-                    attributes: None
-                }),
+                "[a-z]{0,12}".prop_map(|d| F3::SimpleString { data: d.into_bytes(), attributes: None }),
             ];
             leaf.prop_recursive(4, 64, 8, |inner| {
                 prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..8).prop_map(|d| F3::Array {
-                        data: d,
-                        attributes: None
-                    }),
-                    proptest::collection::vec(inner.clone(), 0..8).prop_map(|d| F3::Push {
-                        data: d,
-                        attributes: None
-                    }),
+                    proptest::collection::vec(inner.clone(), 0..8)
+                        .prop_map(|d| F3::Array { data: d, attributes: None }),
+                    proptest::collection::vec(inner.clone(), 0..8).prop_map(|d| F3::Push { data: d, attributes: None }),
                     proptest::collection::vec((any::<i64>(), inner), 0..6).prop_map(|kv| F3::Map {
-                        data: kv
-                            .into_iter()
-                            .map(|(k, v)| (
-                                F3::Number {
-                                    data: k,
-                                    attributes: None
-                                },
-                                v
-                            ))
-                            .collect(),
+                        data: kv.into_iter().map(|(k, v)| (F3::Number { data: k, attributes: None }, v)).collect(),
                         attributes: None
                     }),
                 ]
@@ -376,26 +340,14 @@ mod tests {
 
     #[test]
     fn hello_shapes_follow_protocol() {
-        let f = [
-            ("proto", HelloValue::Int(3)),
-            ("modules", HelloValue::EmptyArray),
-        ];
-        assert_eq!(
-            &hello(Protocol::Resp3, &f)[..],
-            b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nmodules\r\n*0\r\n"
-        );
+        let f = [("proto", HelloValue::Int(3)), ("modules", HelloValue::EmptyArray)];
+        assert_eq!(&hello(Protocol::Resp3, &f)[..], b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nmodules\r\n*0\r\n");
         assert_eq!(&hello(Protocol::Resp2, &f)[..4], b"*4\r\n");
-        assert_eq!(
-            frame_len(&hello(Protocol::Resp2, &f)).unwrap(),
-            Some(hello(Protocol::Resp2, &f).len())
-        );
+        assert_eq!(frame_len(&hello(Protocol::Resp2, &f)).unwrap(), Some(hello(Protocol::Resp2, &f).len()));
     }
 
     #[test]
     fn command_encoding_round_trips() {
-        assert_eq!(
-            &command(&["SET", "k", "v"])[..],
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
-        );
+        assert_eq!(&command(&["SET", "k", "v"])[..], b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
     }
 }

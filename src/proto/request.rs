@@ -67,13 +67,8 @@ impl Request {
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
         let raw = crate::proto::reply::command(args);
         match decode_range(&raw) {
-            Ok(Some((RangeFrame::Array(items), _))) => {
-                Request::from_range_items(raw.clone(), &items)
-            }
-            _ => Request {
-                raw,
-                args: SmallVec::new(),
-            },
+            Ok(Some((RangeFrame::Array(items), _))) => Request::from_range_items(raw.clone(), &items),
+            _ => Request { raw, args: SmallVec::new() },
         }
     }
 
@@ -115,9 +110,7 @@ impl Request {
 
     /// All arguments, the command name first.
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.args
-            .iter()
-            .map(|&(s, e)| &self.raw[s as usize..e as usize])
+        self.args.iter().map(|&(s, e)| &self.raw[s as usize..e as usize])
     }
 
     /// Arguments collected for APIs that take a slice (the command table).
@@ -163,12 +156,8 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, Req
                         check_array(items.len() as u64, limits)?;
                         for item in &items {
                             match item {
-                                RangeFrame::BulkString((s, e)) => {
-                                    check_bulk((e - s) as u64, limits)?
-                                }
-                                RangeFrame::SimpleString(_) => {
-                                    return Err(RequestError::NotBulk('+'))
-                                }
+                                RangeFrame::BulkString((s, e)) => check_bulk((e - s) as u64, limits)?,
+                                RangeFrame::SimpleString(_) => return Err(RequestError::NotBulk('+')),
                                 RangeFrame::Error(_) => return Err(RequestError::NotBulk('-')),
                                 RangeFrame::Integer(_) => return Err(RequestError::NotBulk(':')),
                                 RangeFrame::Array(_) => return Err(RequestError::NotBulk('*')),
@@ -197,20 +186,14 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, Req
 
 fn check_array(len: u64, limits: &Limits) -> Result<(), RequestError> {
     if len > limits.max_array_len as u64 {
-        return Err(RequestError::ArrayTooLarge {
-            len,
-            max: limits.max_array_len,
-        });
+        return Err(RequestError::ArrayTooLarge { len, max: limits.max_array_len });
     }
     Ok(())
 }
 
 fn check_bulk(len: u64, limits: &Limits) -> Result<(), RequestError> {
     if len > limits.max_bulk_len as u64 {
-        return Err(RequestError::BulkTooLarge {
-            len,
-            max: limits.max_bulk_len,
-        });
+        return Err(RequestError::BulkTooLarge { len, max: limits.max_bulk_len });
     }
     Ok(())
 }
@@ -299,11 +282,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, RequestError> {
             i += 1;
             loop {
                 match line.get(i) {
-                    None => {
-                        return Err(RequestError::Malformed(
-                            "unbalanced quotes in request".into(),
-                        ))
-                    }
+                    None => return Err(RequestError::Malformed("unbalanced quotes in request".into())),
                     Some(&c) if c == quote => {
                         i += 1;
                         break;
@@ -324,9 +303,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, RequestError> {
                 }
             }
             if i < line.len() && !line[i].is_ascii_whitespace() {
-                return Err(RequestError::Malformed(
-                    "unbalanced quotes in request".into(),
-                ));
+                return Err(RequestError::Malformed("unbalanced quotes in request".into()));
             }
         } else {
             while i < line.len() && !line[i].is_ascii_whitespace() {
@@ -344,10 +321,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: Limits = Limits {
-        max_bulk_len: 1024,
-        max_array_len: 16,
-    };
+    const LIMITS: Limits = Limits { max_bulk_len: 1024, max_array_len: 16 };
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, RequestError> {
         let mut buf = BytesMut::from(input);
@@ -375,50 +349,31 @@ mod tests {
         let partial = b"*2\r\n$3\r\nGET\r\n$1\r";
         let mut buf = BytesMut::from(&partial[..]);
         assert!(parse(&mut buf, &LIMITS).unwrap().is_none());
-        assert_eq!(
-            buf.len(),
-            partial.len(),
-            "a partial frame must stay in the buffer"
-        );
+        assert_eq!(buf.len(), partial.len(), "a partial frame must stay in the buffer");
     }
 
     #[test]
     fn oversize_bulk_refused_from_its_header() {
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$999999\r\nabc"[..]);
-        assert_eq!(
-            parse(&mut buf, &LIMITS).unwrap_err(),
-            RequestError::BulkTooLarge {
-                len: 999999,
-                max: 1024
-            }
-        );
+        assert_eq!(parse(&mut buf, &LIMITS).unwrap_err(), RequestError::BulkTooLarge { len: 999999, max: 1024 });
     }
 
     #[test]
     fn oversize_array_refused_from_its_header() {
         let mut buf = BytesMut::from(&b"*100\r\n$3\r\nSET\r\n"[..]);
-        assert_eq!(
-            parse(&mut buf, &LIMITS).unwrap_err(),
-            RequestError::ArrayTooLarge { len: 100, max: 16 }
-        );
+        assert_eq!(parse(&mut buf, &LIMITS).unwrap_err(), RequestError::ArrayTooLarge { len: 100, max: 16 });
     }
 
     #[test]
     fn non_bulk_elements_are_protocol_errors() {
-        assert_eq!(
-            parse_all(b"*1\r\n:5\r\n").unwrap_err(),
-            RequestError::NotBulk(':')
-        );
+        assert_eq!(parse_all(b"*1\r\n:5\r\n").unwrap_err(), RequestError::NotBulk(':'));
     }
 
     #[test]
     fn inline_commands_with_quotes() {
         assert_eq!(
             parse_all(b"SET k \"a b\\n\"\r\nPING\n\r\n").unwrap(),
-            vec![
-                vec![b"SET".to_vec(), b"k".to_vec(), b"a b\n".to_vec()],
-                vec![b"PING".to_vec()]
-            ]
+            vec![vec![b"SET".to_vec(), b"k".to_vec(), b"a b\n".to_vec()], vec![b"PING".to_vec()]]
         );
         assert!(parse_all(b"SET k \"oops\r\n").is_err());
     }

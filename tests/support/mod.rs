@@ -58,12 +58,9 @@ pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
     for _ in 0..1000 {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("free_port: cannot bind 127.0.0.1:0: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("free_port: local_addr failed: {e}"))
-            .port();
+        let listener =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("free_port: cannot bind 127.0.0.1:0: {e}"));
+        let port = listener.local_addr().unwrap_or_else(|e| panic!("free_port: local_addr failed: {e}")).port();
         drop(listener);
         // A poisoned lock only means another test panicked while holding it;
         // the set itself is still valid.
@@ -112,11 +109,7 @@ pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// condition future that hangs (e.g. a request to a blackholed server) still
 /// fails at the deadline instead of hanging the test.
 #[track_caller]
-pub fn wait_until_async<'a, F, Fut>(
-    deadline: Duration,
-    what: &'a str,
-    mut f: F,
-) -> impl Future<Output = ()> + 'a
+pub fn wait_until_async<'a, F, Fut>(deadline: Duration, what: &'a str, mut f: F) -> impl Future<Output = ()> + 'a
 where
     F: FnMut() -> Fut + 'a,
     Fut: Future<Output = bool> + 'a,
@@ -203,19 +196,11 @@ pub(crate) fn url_encode_userinfo(s: &str) -> String {
 /// The response timeout (10 s) exists so that a test awaiting a reply that
 /// never comes fails instead of hanging; tests that need a different bound
 /// should build their own connection from `client()`.
-pub async fn connect_async(
-    client: &redis::Client,
-    what: &str,
-) -> redis::aio::MultiplexedConnection {
+pub async fn connect_async(client: &redis::Client, what: &str) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(IO_TIMEOUT)
         .set_response_timeout(Duration::from_secs(10));
-    match tokio::time::timeout(
-        IO_TIMEOUT * 2,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
+    match tokio::time::timeout(IO_TIMEOUT * 2, client.get_multiplexed_async_connection_with_config(&config)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => panic!("cannot open async connection to {what}: {e}"),
         Err(_) => panic!("timed out opening async connection to {what}"),

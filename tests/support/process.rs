@@ -18,10 +18,7 @@ pub fn process_alive(pid: u32) -> bool {
     };
     // Format: "pid (comm) S ..."; comm may contain spaces/parens, so take the
     // state after the *last* ')'.
-    match stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-    {
+    match stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) {
         Some(state) => state != "Z" && state != "X",
         None => true,
     }
@@ -36,9 +33,7 @@ pub(crate) fn log_stdio(path: &Path) -> (Stdio, Stdio) {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("cannot open log file {}: {e}", path.display()));
-    let err = file
-        .try_clone()
-        .unwrap_or_else(|e| panic!("cannot clone log file handle {}: {e}", path.display()));
+    let err = file.try_clone().unwrap_or_else(|e| panic!("cannot clone log file handle {}: {e}", path.display()));
     (Stdio::from(file), Stdio::from(err))
 }
 
@@ -81,9 +76,7 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitS
 pub(crate) fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| match e.kind() {
         std::io::ErrorKind::NotFound => missing_binary(&program, &e),
         _ => panic!("cannot spawn {desc}: {e}"),
@@ -115,11 +108,7 @@ pub(crate) fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output
             );
         }
     };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
+    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
 }
 
 /// Path of the `redis-cli` binary (`REDIS_CLI_BIN` overrides `PATH` lookup).

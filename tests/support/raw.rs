@@ -42,22 +42,14 @@ pub fn resp_frame_len(buf: &[u8]) -> Result<Option<usize>, String> {
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|i| from + i)
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
 }
 
 fn parse_len(header: &[u8], pos: usize) -> Result<i64, String> {
     std::str::from_utf8(header)
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| {
-            format!(
-                "invalid length {:?} at byte {pos}",
-                String::from_utf8_lossy(header)
-            )
-        })
+        .ok_or_else(|| format!("invalid length {:?} at byte {pos}", String::from_utf8_lossy(header)))
 }
 
 fn frame_end(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, String> {
@@ -68,10 +60,7 @@ fn frame_end(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, Stri
         return Ok(None);
     };
     if !b"+-:,#_($!=*~>%|".contains(&kind) {
-        return Err(format!(
-            "invalid RESP type byte {:?} (0x{kind:02x}) at byte {pos}",
-            kind as char
-        ));
+        return Err(format!("invalid RESP type byte {:?} (0x{kind:02x}) at byte {pos}", kind as char));
     }
     let Some(cr) = find_crlf(buf, pos + 1) else {
         return Ok(None);
@@ -82,9 +71,7 @@ fn frame_end(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, Stri
         b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => Ok(Some(body)),
         b'$' | b'!' | b'=' => {
             if header == b"?" {
-                return Err(format!(
-                    "streamed RESP3 string at byte {pos} is not supported"
-                ));
+                return Err(format!("streamed RESP3 string at byte {pos} is not supported"));
             }
             let len = parse_len(header, pos)?;
             if len < 0 {
@@ -96,28 +83,20 @@ fn frame_end(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, Stri
                 return Ok(None);
             }
             if &buf[end..end + 2] != b"\r\n" {
-                return Err(format!(
-                    "blob of length {len} at byte {pos} is not terminated by CRLF"
-                ));
+                return Err(format!("blob of length {len} at byte {pos} is not terminated by CRLF"));
             }
             Ok(Some(end + 2))
         }
         b'*' | b'~' | b'>' | b'%' | b'|' => {
             if header == b"?" {
-                return Err(format!(
-                    "streamed RESP3 aggregate at byte {pos} is not supported"
-                ));
+                return Err(format!("streamed RESP3 aggregate at byte {pos} is not supported"));
             }
             let count = parse_len(header, pos)?;
             if count < 0 {
                 // `*-1\r\n`: RESP2 null array.
                 return Ok(Some(body));
             }
-            let elements = if kind == b'%' || kind == b'|' {
-                count as usize * 2
-            } else {
-                count as usize
-            };
+            let elements = if kind == b'%' || kind == b'|' { count as usize * 2 } else { count as usize };
             let mut p = body;
             for _ in 0..elements {
                 match frame_end(buf, p, depth + 1)? {
@@ -160,25 +139,14 @@ impl RawConn {
     }
 
     /// Fallible connect with an explicit connect/IO timeout.
-    pub fn try_connect<A: ToSocketAddrs + Debug>(
-        addr: A,
-        timeout: Duration,
-    ) -> io::Result<RawConn> {
-        let mut last_err = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{addr:?} resolved to nothing"),
-        );
+    pub fn try_connect<A: ToSocketAddrs + Debug>(addr: A, timeout: Duration) -> io::Result<RawConn> {
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, format!("{addr:?} resolved to nothing"));
         for sock in addr.to_socket_addrs()? {
             match TcpStream::connect_timeout(&sock, timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
                     stream.set_write_timeout(Some(timeout))?;
-                    return Ok(RawConn {
-                        stream,
-                        buf: Vec::new(),
-                        timeout,
-                        peer: sock.to_string(),
-                    });
+                    return Ok(RawConn { stream, buf: Vec::new(), timeout, peer: sock.to_string() });
                 }
                 Err(e) => last_err = e,
             }
@@ -190,9 +158,7 @@ impl RawConn {
     pub fn set_timeout(&mut self, timeout: Duration) {
         assert!(!timeout.is_zero(), "RawConn timeout must be non-zero");
         self.timeout = timeout;
-        self.stream
-            .set_write_timeout(Some(timeout))
-            .expect("set_write_timeout");
+        self.stream.set_write_timeout(Some(timeout)).expect("set_write_timeout");
     }
 
     /// The underlying socket (e.g. to inspect `local_addr`).
@@ -204,11 +170,7 @@ impl RawConn {
     #[track_caller]
     pub fn send(&mut self, bytes: &[u8]) {
         if let Err(e) = self.try_send(bytes) {
-            panic!(
-                "RawConn({}): write of {} bytes failed: {e}",
-                self.peer,
-                bytes.len()
-            );
+            panic!("RawConn({}): write of {} bytes failed: {e}", self.peer, bytes.len());
         }
     }
 
@@ -287,10 +249,7 @@ impl RawConn {
             if self.fill(deadline)? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed by peer with {} bytes of an incomplete frame",
-                        self.buf.len()
-                    ),
+                    format!("connection closed by peer with {} bytes of an incomplete frame", self.buf.len()),
                 ));
             }
         }

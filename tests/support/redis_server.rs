@@ -62,15 +62,7 @@ impl RedisServer {
             .position(|a| a == "--requirepass")
             .and_then(|i| extra_args.get(i + 1).cloned())
             .filter(|p| !p.is_empty());
-        let mut server = RedisServer {
-            child: None,
-            pid: 0,
-            port: 0,
-            extra_args,
-            password,
-            log_path,
-            dir,
-        };
+        let mut server = RedisServer { child: None, pid: 0, port: 0, extra_args, password, log_path, dir };
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             server.port = free_port();
@@ -141,10 +133,7 @@ impl RedisServer {
             let child = self.child.as_mut().expect("child present");
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                return Err(format!(
-                    "redis-server exited early with {status}\n{}",
-                    read_lossy(&self.log_path)
-                ));
+                return Err(format!("redis-server exited early with {status}\n{}", read_lossy(&self.log_path)));
             }
             if start.elapsed() >= STARTUP_TIMEOUT {
                 self.stop();
@@ -170,9 +159,7 @@ impl RedisServer {
         conn.send_cmd(&["INFO", "server"]);
         let reply = conn.try_read_reply().ok()?;
         let text = String::from_utf8_lossy(&reply);
-        text.lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|v| v.trim().parse().ok())
+        text.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|v| v.trim().parse().ok())
     }
 
     /// The TCP port the server listens on (stable across [`restart`](Self::restart)).
@@ -193,11 +180,7 @@ impl RedisServer {
     /// Like [`url`](Self::url) but including the `--requirepass` password, if any.
     pub fn auth_url(&self) -> String {
         match &self.password {
-            Some(pw) => format!(
-                "redis://:{}@127.0.0.1:{}",
-                url_encode_userinfo(pw),
-                self.port
-            ),
+            Some(pw) => format!("redis://:{}@127.0.0.1:{}", url_encode_userinfo(pw), self.port),
             None => self.url(),
         }
     }
@@ -209,8 +192,7 @@ impl RedisServer {
 
     /// A `redis` crate client for this server (authenticated if `--requirepass`).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.auth_url())
-            .unwrap_or_else(|e| panic!("invalid redis url {}: {e}", self.auth_url()))
+        redis::Client::open(self.auth_url()).unwrap_or_else(|e| panic!("invalid redis url {}: {e}", self.auth_url()))
     }
 
     /// A multiplexed async connection (authenticated if `--requirepass`), with

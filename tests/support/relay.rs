@@ -69,10 +69,7 @@ pub struct Relay {
 /// Accepts `"host:port"`, `"redis://[user:pw@]host:port[/db]"` or anything
 /// displaying as such (e.g. a `SocketAddr`) and returns `"host:port"`.
 fn normalize_upstream(s: &str) -> String {
-    let s = s
-        .strip_prefix("redis://")
-        .or_else(|| s.strip_prefix("tcp://"))
-        .unwrap_or(s);
+    let s = s.strip_prefix("redis://").or_else(|| s.strip_prefix("tcp://")).unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let s = s.rsplit('@').next().unwrap_or(s);
     s.to_string()
@@ -89,9 +86,7 @@ impl Relay {
         let upstream = normalize_upstream(&upstream.to_string());
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap_or_else(|e| panic!("Relay: cannot bind 127.0.0.1:0: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("Relay: set_nonblocking");
+        listener.set_nonblocking(true).expect("Relay: set_nonblocking");
         let addr = listener.local_addr().expect("Relay: local_addr");
         let (reset_epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
@@ -121,12 +116,7 @@ impl Relay {
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .expect("Relay: cannot spawn thread");
-        Relay {
-            addr,
-            shared,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
-        }
+        Relay { addr, shared, shutdown: Some(shutdown_tx), thread: Some(thread) }
     }
 
     /// `"127.0.0.1:PORT"` of the relay's listener.
@@ -159,9 +149,7 @@ impl Relay {
     /// takes at least `2 * delay`). Applies to data read after the call;
     /// ordering is always preserved. `Duration::ZERO` removes the delay.
     pub fn set_delay(&self, delay: Duration) {
-        self.shared
-            .delay_us
-            .store(delay.as_micros() as u64, Ordering::SeqCst);
+        self.shared.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Limits throughput to `bytes_per_sec` per direction per connection
@@ -191,11 +179,9 @@ impl Relay {
             epoch = *e;
         });
         let shared = &self.shared;
-        super::wait_until(
-            Duration::from_secs(5),
-            "relay connections to be reset",
-            || lock(&shared.live).values().all(|&e| e >= epoch),
-        );
+        super::wait_until(Duration::from_secs(5), "relay connections to be reset", || {
+            lock(&shared.live).values().all(|&e| e >= epoch)
+        });
     }
 
     /// While on, new connections are accepted and immediately closed
@@ -244,10 +230,7 @@ impl Relay {
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
-                eprintln!(
-                    "Relay {}: thread did not stop within 5 s; detaching it",
-                    self.addr
-                );
+                eprintln!("Relay {}: thread did not stop within 5 s; detaching it", self.addr);
             }
         }
         lock(&self.shared.live).clear();
@@ -270,11 +253,7 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let listener = TcpListener::from_std(listener).expect("Relay: TcpListener::from_std");
     loop {
         tokio::select! {
@@ -351,10 +330,7 @@ async fn handle_conn(client: TcpStream, shared: Arc<Shared>) {
     let epoch = *reset.borrow_and_update();
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     lock(&shared.live).insert(id, epoch);
-    let _guard = LiveGuard {
-        shared: shared.clone(),
-        id,
-    };
+    let _guard = LiveGuard { shared: shared.clone(), id };
 
     let mut client = client;
     let _ = client.set_nodelay(true);
@@ -412,11 +388,7 @@ async fn handle_conn(client: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-async fn read_side(
-    mut r: ReadHalf<'_>,
-    tx: mpsc::UnboundedSender<Msg>,
-    shared: &Shared,
-) -> Result<(), Stop> {
+async fn read_side(mut r: ReadHalf<'_>, tx: mpsc::UnboundedSender<Msg>, shared: &Shared) -> Result<(), Stop> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = r.read(&mut buf).await.map_err(|_| Stop::Io)?;
@@ -473,9 +445,7 @@ async fn write_side(
                 }
             }
         }
-        write_paced(&mut w, &data, shared, &mut next_slot)
-            .await
-            .map_err(|_| Stop::Io)?;
+        write_paced(&mut w, &data, shared, &mut next_slot).await.map_err(|_| Stop::Io)?;
         if cut {
             return Err(Stop::Cut);
         }

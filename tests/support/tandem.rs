@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{
-    kill_and_reap, log_stdio, output_with_timeout, redis_cli, redis_cli_output, wait_timeout,
-};
+use super::process::{kill_and_reap, log_stdio, output_with_timeout, redis_cli, redis_cli_output, wait_timeout};
 use super::{free_port, probe_ping, read_lossy, IO_TIMEOUT, STARTUP_TIMEOUT};
 
 /// Path of the tandem binary to test.
@@ -128,8 +126,7 @@ impl TandemBuilder {
                 Err(why) => {
                     let log = t.log();
                     let lower = log.to_ascii_lowercase();
-                    let port_clash =
-                        lower.contains("address already in use") || lower.contains("addrinuse");
+                    let port_clash = lower.contains("address already in use") || lower.contains("addrinuse");
                     t.stop();
                     if port_clash && attempt < ATTEMPTS {
                         // Another process took one of our ports between
@@ -202,10 +199,7 @@ impl Tandem {
     /// tandem with `--config <that file>` followed by `extra_args`.
     #[track_caller]
     pub fn start_config(yaml: &str, extra_args: &[String]) -> Tandem {
-        TandemBuilder::new()
-            .config(yaml)
-            .args(extra_args.iter().cloned())
-            .start()
+        TandemBuilder::new().config(yaml).args(extra_args.iter().cloned()).start()
     }
 
     /// Spawns tandem WITHOUT waiting for readiness (see [`TandemBuilder::spawn`]).
@@ -235,11 +229,7 @@ impl Tandem {
         let bin = self.bin.clone();
         let (stdout, stderr) = log_stdio(&self.log_path);
         let mut cmd = Command::new(&bin);
-        cmd.args(self.full_args())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(self.full_args()).current_dir(self.dir.path()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             cmd.env("RUST_BACKTRACE", "1");
         }
@@ -271,11 +261,7 @@ impl Tandem {
         let mut pause = Duration::from_millis(2);
         loop {
             if let Some(line) = probe_ping(&addr, Duration::from_millis(500)) {
-                if line
-                    .bytes()
-                    .next()
-                    .is_some_and(|b| b"+-:$*%~>|=(,#_!".contains(&b))
-                {
+                if line.bytes().next().is_some_and(|b| b"+-:$*%~>|=(,#_!".contains(&b)) {
                     return Ok(());
                 }
             }
@@ -283,10 +269,7 @@ impl Tandem {
                 return Err(format!("tandem exited during startup with {status}"));
             }
             if start.elapsed() >= timeout {
-                return Err(format!(
-                    "no RESP reply to PING on {addr} after {:?}",
-                    start.elapsed()
-                ));
+                return Err(format!("no RESP reply to PING on {addr} after {:?}", start.elapsed()));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -298,10 +281,7 @@ impl Tandem {
     #[track_caller]
     pub fn wait_ready(&mut self) {
         if let Err(why) = self.try_wait_ready(STARTUP_TIMEOUT) {
-            panic!(
-                "tandem did not become ready: {why}\n--- tandem log ---\n{}",
-                self.log()
-            );
+            panic!("tandem did not become ready: {why}\n--- tandem log ---\n{}", self.log());
         }
     }
 
@@ -344,8 +324,7 @@ impl Tandem {
 
     /// A `redis` crate client pointed at the proxy.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url())
-            .unwrap_or_else(|e| panic!("invalid redis url {}: {e}", self.url()))
+        redis::Client::open(self.url()).unwrap_or_else(|e| panic!("invalid redis url {}: {e}", self.url()))
     }
 
     /// A multiplexed async connection to the proxy, with bounded connect
@@ -378,10 +357,7 @@ impl Tandem {
         let start = Instant::now();
         while !self.log().contains(needle) {
             if start.elapsed() >= timeout {
-                panic!(
-                    "tandem log did not contain {needle:?} within {timeout:?}\n--- tandem log ---\n{}",
-                    self.log()
-                );
+                panic!("tandem log did not contain {needle:?} within {timeout:?}\n--- tandem log ---\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -415,21 +391,14 @@ impl Tandem {
     #[track_caller]
     pub fn signal(&self, sig: &str) {
         if self.child.is_none() || self.exit_status.is_some() {
-            panic!(
-                "cannot send SIG{sig} to tandem (PID {}): it has already exited ({:?})",
-                self.pid, self.exit_status
-            );
+            panic!("cannot send SIG{sig} to tandem (PID {}): it has already exited ({:?})", self.pid, self.exit_status);
         }
         // Not yet reaped by us, so the PID is still ours (at worst a zombie).
         let mut cmd = Command::new("kill");
         cmd.args(["-s", sig, &self.pid.to_string()]);
         let out = output_with_timeout(cmd, IO_TIMEOUT);
         if !out.status.success() {
-            panic!(
-                "kill -s {sig} {} failed: {}",
-                self.pid,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("kill -s {sig} {} failed: {}", self.pid, String::from_utf8_lossy(&out.stderr));
         }
     }
 
@@ -475,8 +444,7 @@ fn write_config_file(dir: &Path, yaml: &str) -> PathBuf {
     let path = dir.join("proxy.yaml");
     let tmp = dir.join(".proxy.yaml.tmp");
     std::fs::write(&tmp, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, &path)
-        .unwrap_or_else(|e| panic!("cannot rename config into {}: {e}", path.display()));
+    std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("cannot rename config into {}: {e}", path.display()));
     path
 }
 

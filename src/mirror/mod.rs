@@ -1,0 +1,394 @@
+//! Mirroring: sending the effect of every write to the backend that did not serve it, in
+//! the order the serving backend applied the writes, and accounting for each one exactly
+//! once.
+//!
+//! Each destination backend has one [`MirrorQueue`]: a bounded job queue in front of a
+//! connection of its own. Effects are enqueued by the *serving* connection's reader as each
+//! reply arrives (see `backend::Sink::Callback`), which is the order the serving backend
+//! applied them. A full queue or a down mirror never slows the client: the write is counted
+//! as dropped and its key journaled for repair.
+//!
+//! Every enqueued write ends in exactly one of: applied, error (the mirror answered with an
+//! error), diverged (a deterministic write whose reply differs from the serving reply) or
+//! dropped (queue full, mirror down). Until then it is in flight, so
+//! `enqueued = applied + error + diverged + dropped + in_flight` at every moment.
+
+pub mod effect;
+pub mod journal;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, BackendError, Job, Reply, SharedConn, Sink};
+use crate::proto::commands::CommandTable;
+use crate::proto::reply;
+use crate::proto::request::Request;
+use crate::route::Side;
+use effect::{Effect, ScriptCache};
+use journal::Journal;
+
+/// Counters of one mirror queue. `in_flight` is derived, so the identity always holds.
+#[derive(Default, Debug)]
+pub struct MirrorStats {
+    pub enqueued: AtomicU64,
+    pub applied: AtomicU64,
+    pub error: AtomicU64,
+    pub diverged: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Sequence number of the last op that entered the queue.
+    queued_seq: AtomicU64,
+    /// Sequence number of the last op that left it (ops leave in order).
+    done_seq: AtomicU64,
+}
+
+/// A consistent-enough reading of the counters for status and metrics.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub enqueued: u64,
+    pub applied: u64,
+    pub error: u64,
+    pub diverged: u64,
+    pub dropped: u64,
+    pub in_flight: u64,
+}
+
+impl MirrorStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        // Outcomes are read before `enqueued` so in_flight is never negative.
+        let applied = self.applied.load(Ordering::Acquire);
+        let error = self.error.load(Ordering::Acquire);
+        let diverged = self.diverged.load(Ordering::Acquire);
+        let dropped = self.dropped.load(Ordering::Acquire);
+        let enqueued = self.enqueued.load(Ordering::Acquire);
+        let done = applied + error + diverged + dropped;
+        StatsSnapshot { enqueued, applied, error, diverged, dropped, in_flight: enqueued.saturating_sub(done) }
+    }
+}
+
+/// How a mirrored write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Error,
+    Diverged,
+    Dropped,
+}
+
+/// The queue of effects bound for one backend.
+pub struct MirrorQueue {
+    side: Side,
+    backend: Arc<Backend>,
+    conn: SharedConn,
+    pub stats: Arc<MirrorStats>,
+}
+
+/// What the accounting callback needs to know about one mirrored op.
+struct Ticket {
+    seq: u64,
+    side: Side,
+    stats: Arc<MirrorStats>,
+    journal: Option<Arc<Journal>>,
+    commands: Arc<ArcSwap<CommandTable>>,
+    /// The client's requests, kept to name the keys if the op fails.
+    requests: Vec<Request>,
+    /// The serving backend's reply, when the mirror's must match it.
+    expect: Option<Bytes>,
+    done: Option<oneshot::Sender<()>>,
+    started: Instant,
+}
+
+impl Ticket {
+    fn finish(self, reply: Reply) {
+        let (outcome, reason) = match &reply {
+            Ok(frame) if reply::is_error(frame) => (Outcome::Error, error_text(frame)),
+            Ok(frame) => match &self.expect {
+                Some(expected) if !same_reply(expected, frame) => {
+                    (Outcome::Diverged, "reply differs from serving backend".into())
+                }
+                _ => (Outcome::Applied, String::new()),
+            },
+            Err(e) => (Outcome::Dropped, e.to_string()),
+        };
+        let counter = match outcome {
+            Outcome::Applied => &self.stats.applied,
+            Outcome::Error => &self.stats.error,
+            Outcome::Diverged => &self.stats.diverged,
+            Outcome::Dropped => &self.stats.dropped,
+        };
+        // Ops that reached the queue leave it in order; one refused at the door never entered.
+        if !matches!(reply, Err(BackendError::Overloaded { .. })) {
+            self.stats.done_seq.fetch_max(self.seq, Ordering::AcqRel);
+        }
+        counter.fetch_add(1, Ordering::AcqRel);
+        if outcome != Outcome::Applied {
+            self.journal_keys(outcome, &reason);
+        }
+        let _ = self.started;
+        drop(self.done);
+    }
+
+    fn journal_keys(&self, outcome: Outcome, reason: &str) {
+        let what = match outcome {
+            Outcome::Error => "error",
+            Outcome::Diverged => "diverged",
+            Outcome::Dropped => "dropped",
+            Outcome::Applied => return,
+        };
+        tracing::debug!(backend = self.side.name(), outcome = what, reason, "mirrored write not applied");
+        let Some(journal) = &self.journal else { return };
+        let table = self.commands.load();
+        let reason = format!("{what}: {reason}");
+        for req in &self.requests {
+            let argv = req.argv();
+            let name = String::from_utf8_lossy(req.arg(0)).to_ascii_lowercase();
+            if let Some(info) = table.lookup(&argv) {
+                for i in info.key_indices(&argv) {
+                    journal.record(self.side.name(), argv[i], &name, &reason);
+                }
+            }
+        }
+    }
+}
+
+fn error_text(frame: &[u8]) -> String {
+    String::from_utf8_lossy(frame.get(1..frame.len().saturating_sub(2)).unwrap_or_default()).into_owned()
+}
+
+/// Replies are compared as values: a RESP3 client's `_` null equals the mirror's `$-1`.
+fn same_reply(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    let null = |f: &[u8]| matches!(f, b"_\r\n" | b"$-1\r\n" | b"*-1\r\n");
+    null(a) && null(b)
+}
+
+/// Both mirror queues and what building effects needs.
+pub struct Mirrors {
+    queues: [Option<MirrorQueue>; 2],
+    pub scripts: ScriptCache,
+    commands: Arc<ArcSwap<CommandTable>>,
+    journal: Option<Arc<Journal>>,
+}
+
+impl Mirrors {
+    /// Builds a queue towards each backend when a target exists; none otherwise.
+    pub fn new(
+        source: &Arc<Backend>,
+        target: Option<&Arc<Backend>>,
+        queue_len: usize,
+        commands: Arc<ArcSwap<CommandTable>>,
+        journal: Option<Arc<Journal>>,
+    ) -> Mirrors {
+        let queues = match target {
+            Some(target) => [
+                Some(MirrorQueue::new(Side::Source, source.clone(), queue_len)),
+                Some(MirrorQueue::new(Side::Target, target.clone(), queue_len)),
+            ],
+            None => [None, None],
+        };
+        Mirrors { queues, scripts: ScriptCache::new(), commands, journal }
+    }
+
+    /// The queue whose writes go to `side`.
+    pub fn queue(&self, side: Side) -> Option<&MirrorQueue> {
+        self.queues[side.index()].as_ref()
+    }
+
+    /// Enqueues the effect of `req`, which the other backend served with `reply`, towards
+    /// `to`. `db` is the client's database. `done` is dropped when the op completes (sync
+    /// mode waits on it).
+    pub fn enqueue_effect(&self, to: Side, req: &Request, reply: &Bytes, db: u32, done: Option<oneshot::Sender<()>>) {
+        let Some(queue) = self.queue(to) else { return };
+        let table = self.commands.load();
+        let argv = req.argv();
+        let name = table.lookup(&argv).map(|i| i.name.as_ref()).unwrap_or("");
+        let (payload, count, expect) = match effect::effect(name, &argv, reply, now_ms(), &self.scripts) {
+            Effect::Nothing => return,
+            Effect::Same => {
+                let expect = effect::compare_reply(name).then(|| reply.clone());
+                (req.raw().clone(), 1, expect)
+            }
+            Effect::Rewritten(cmds) => {
+                let mut buf = BytesMut::new();
+                for c in &cmds {
+                    buf.put(reply::command(c));
+                }
+                (buf.freeze(), cmds.len() as u32, None)
+            }
+        };
+        drop(argv);
+        self.push(queue, payload, count, db, expect, vec![req.clone()], done);
+    }
+
+    /// Enqueues a transaction that succeeded on the serving backend as one MULTI/EXEC block,
+    /// each command rewritten to its effect from its entry in the EXEC reply.
+    pub fn enqueue_transaction(
+        &self,
+        to: Side,
+        cmds: &[Request],
+        exec_reply: &Bytes,
+        db: u32,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        let Some(queue) = self.queue(to) else { return };
+        let Some(parts) = split_array(exec_reply) else { return };
+        let table = self.commands.load();
+        let mut buf = BytesMut::new();
+        buf.put(reply::command(&["MULTI"]));
+        let mut count = 0u32;
+        let mut writes = Vec::new();
+        for (req, part) in cmds.iter().zip(parts.iter()) {
+            let argv = req.argv();
+            let Some(info) = table.lookup(&argv) else { continue };
+            if !info.flags.contains(crate::proto::commands::Flags::WRITE) {
+                continue;
+            }
+            match effect::effect(&info.name, &argv, part, now_ms(), &self.scripts) {
+                Effect::Nothing => continue,
+                Effect::Same => {
+                    buf.put(req.raw().clone());
+                    count += 1;
+                }
+                Effect::Rewritten(rw) => {
+                    for c in &rw {
+                        buf.put(reply::command(c));
+                        count += 1;
+                    }
+                }
+            }
+            writes.push(req.clone());
+        }
+        if count == 0 {
+            return;
+        }
+        buf.put(reply::command(&["EXEC"]));
+        self.push(queue, buf.freeze(), count + 2, db, None, writes, done);
+    }
+
+    /// Wraps the payload for the client's database and queues it.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        queue: &MirrorQueue,
+        payload: Bytes,
+        count: u32,
+        db: u32,
+        expect: Option<Bytes>,
+        requests: Vec<Request>,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        let base_db = queue.backend.settings().db;
+        let (payload, replies, pick) = if db == 0 {
+            (payload, count, count - 1)
+        } else {
+            // The mirror connection stays in the URL's database between ops.
+            let mut buf = BytesMut::with_capacity(payload.len() + 48);
+            buf.put(reply::command(&[b"SELECT".as_slice(), db.to_string().as_bytes()]));
+            buf.put(payload);
+            buf.put(reply::command(&[b"SELECT".as_slice(), base_db.to_string().as_bytes()]));
+            (buf.freeze(), count + 2, count)
+        };
+        let seq = queue.stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = Ticket {
+            seq,
+            side: queue.side,
+            stats: queue.stats.clone(),
+            journal: self.journal.clone(),
+            commands: self.commands.clone(),
+            requests,
+            expect,
+            done,
+            started: Instant::now(),
+        };
+        let job = Job { payload, replies, pick, sink: Sink::Callback(Box::new(move |r| ticket.finish(r))) };
+        match queue.conn.try_send(job) {
+            Ok(()) => {
+                queue.stats.queued_seq.fetch_max(seq, Ordering::AcqRel);
+            }
+            Err(job) => {
+                job.fail(&BackendError::Overloaded { backend: queue.backend.name().clone(), what: "mirror queue" })
+            }
+        }
+    }
+
+    /// Waits until every op that entered `side`'s queue before this call has left it, or
+    /// `limit` passes. Returns false on timeout.
+    pub async fn drain(&self, side: Side, limit: Duration) -> bool {
+        let Some(queue) = self.queue(side) else { return true };
+        let target = queue.stats.queued_seq.load(Ordering::Acquire);
+        let deadline = Instant::now() + limit;
+        loop {
+            if queue.stats.done_seq.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl MirrorQueue {
+    fn new(side: Side, backend: Arc<Backend>, capacity: usize) -> MirrorQueue {
+        let conn = backend.mirror_conn(capacity);
+        MirrorQueue { side, backend, conn, stats: Arc::new(MirrorStats::default()) }
+    }
+
+    /// Ops waiting to be written to the mirror.
+    pub fn depth(&self) -> usize {
+        self.conn.queued()
+    }
+}
+
+/// Splits an array reply into its element frames (RESP2 or RESP3); `None` if it is not an
+/// array (a failed EXEC answers with an error or a null).
+pub fn split_array(frame: &Bytes) -> Option<Vec<Bytes>> {
+    let header_end = frame.iter().position(|&b| b == b'\n')?;
+    if !matches!(frame.first(), Some(b'*') | Some(b'~')) {
+        return None;
+    }
+    let n: i64 = std::str::from_utf8(&frame[1..header_end.saturating_sub(1)]).ok()?.parse().ok()?;
+    if n < 0 {
+        return None;
+    }
+    let mut pos = header_end + 1;
+    let mut parts = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = reply::frame_len(&frame[pos..]).ok()??;
+        parts.push(frame.slice(pos..pos + len));
+        pos += len;
+    }
+    Some(parts)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_array_returns_each_element() {
+        let f = Bytes::from_static(b"*3\r\n+OK\r\n:5\r\n*1\r\n$1\r\na\r\n");
+        let parts = split_array(&f).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(&parts[2][..], b"*1\r\n$1\r\na\r\n");
+        assert!(split_array(&Bytes::from_static(b"*-1\r\n")).is_none());
+        assert!(split_array(&Bytes::from_static(b"-EXECABORT x\r\n")).is_none());
+    }
+
+    #[test]
+    fn nulls_compare_equal_across_protocols() {
+        assert!(same_reply(b"_\r\n", b"$-1\r\n"));
+        assert!(!same_reply(b":1\r\n", b":2\r\n"));
+    }
+}
