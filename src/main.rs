@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use tandem::backend::{Backend, BackendSettings};
 use tandem::client::auth::Users;
 use tandem::config::{self, Config, LogFormat};
-use tandem::proto::request::Limits;
 use tandem::mirror::journal::Journal;
+use tandem::proto::request::Limits;
 use tandem::route::{CutoverPlan, MirrorMode, Routing};
 use tandem::server::{Policy, Proxy};
 

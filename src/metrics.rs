@@ -4,7 +4,8 @@
 //! and bumped in batches by the client reader.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::mirror::Mirrors;
@@ -61,7 +62,10 @@ impl Metrics {
         .expect("static");
         registry.register(Box::new(served_vec.clone())).expect("metric registered once");
         let flips = IntCounterVec::new(
-            Opts::new("flips_total", "Cutover changes, by result (ok: backlog drained; timeout: swapped at flip_timeout)"),
+            Opts::new(
+                "flips_total",
+                "Cutover changes, by result (ok: backlog drained; timeout: swapped at flip_timeout)",
+            ),
             &["result"],
         )
         .expect("static");
@@ -72,7 +76,8 @@ impl Metrics {
         )
         .expect("static");
         registry.register(Box::new(flip_wait.clone())).expect("metric registered once");
-        let cutover_percent = Gauge::new("cutover_percent", "Share of hash slots served by the target").expect("static");
+        let cutover_percent =
+            Gauge::new("cutover_percent", "Share of hash slots served by the target").expect("static");
         registry.register(Box::new(cutover_percent.clone())).expect("metric registered once");
         let mirror_writes = IntCounterVec::new(
             Opts::new("mirror_writes_total", "Mirrored writes by destination backend and outcome"),

@@ -165,9 +165,21 @@ impl Proxy {
         self.metrics.flips.with_label_values(&[if drained { "ok" } else { "timeout" }]).inc();
         self.metrics.cutover_percent.set(percent.clamp(0.0, 100.0));
         if drained {
-            tracing::info!(from, to = percent, moved_slots = moving.len(), waited_ms = waited.as_millis() as u64, "cutover changed");
+            tracing::info!(
+                from,
+                to = percent,
+                moved_slots = moving.len(),
+                waited_ms = waited.as_millis() as u64,
+                "cutover changed"
+            );
         } else {
-            tracing::warn!(from, to = percent, moved_slots = moving.len(), waited_ms = waited.as_millis() as u64, "cutover changed before the mirror backlog drained (flip_timeout)");
+            tracing::warn!(
+                from,
+                to = percent,
+                moved_slots = moving.len(),
+                waited_ms = waited.as_millis() as u64,
+                "cutover changed before the mirror backlog drained (flip_timeout)"
+            );
         }
         FlipReport {
             from_percent: from,

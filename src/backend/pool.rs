@@ -64,12 +64,14 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
     let hs = Handshake::pooled(proto);
     let mut backoff = settings.backoff_min;
     loop {
+        let mut was_up = false;
         let err = match connect(&settings, &hs).await {
             Ok((stream, _)) => {
                 if !health.is_up() {
                     tracing::info!(backend = %settings.name, addr = %settings.addr, proto = proto.version(), "backend connected");
                 }
                 health.set_up();
+                was_up = true;
                 backoff = settings.backoff_min;
                 match pipeline::run(stream, &mut rx, Some(settings.command_timeout), &settings.name, None).await {
                     End::Finished => return,
@@ -78,8 +80,14 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
             }
             Err(err) => err,
         };
+        if was_up {
+            // A connection that was working dropped (a backend restart, an idle cut by a
+            // load balancer): try again at once before failing anyone.
+            tracing::warn!(backend = %settings.name, error = %err, "backend connection lost; reconnecting");
+            continue;
+        }
         if health.is_up() {
-            tracing::warn!(backend = %settings.name, error = %err, "backend connection lost");
+            tracing::warn!(backend = %settings.name, error = %err, "backend unavailable");
         } else {
             tracing::debug!(backend = %settings.name, error = %err, "backend still unavailable");
         }

@@ -115,14 +115,16 @@ mod tests {
 
     #[test]
     fn counts_add_up_and_errors_win() {
-        let parts = vec![Part { positions: vec![], reply: ok(b":2\r\n") }, Part { positions: vec![], reply: ok(b":1\r\n") }];
+        let parts =
+            vec![Part { positions: vec![], reply: ok(b":2\r\n") }, Part { positions: vec![], reply: ok(b":1\r\n") }];
         assert_eq!(&merge(MergeKind::Sum, 0, parts)[..], b":3\r\n");
         let parts = vec![
             Part { positions: vec![], reply: ok(b":2\r\n") },
             Part { positions: vec![], reply: ok(b"-WRONGTYPE x\r\n") },
         ];
         assert_eq!(&merge(MergeKind::Sum, 0, parts)[..], b"-WRONGTYPE x\r\n");
-        let parts = vec![Part { positions: vec![], reply: ok(b"+OK\r\n") }, Part { positions: vec![], reply: ok(b"+OK\r\n") }];
+        let parts =
+            vec![Part { positions: vec![], reply: ok(b"+OK\r\n") }, Part { positions: vec![], reply: ok(b"+OK\r\n") }];
         assert_eq!(&merge(MergeKind::AllOk, 0, parts)[..], b"+OK\r\n");
     }
 }

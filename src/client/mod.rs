@@ -107,6 +107,7 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
     };
 
     let mut buf = BytesMut::with_capacity(4096);
+    let mut draining = false;
     'conn: loop {
         let limits = proxy.policy.load().limits;
         let mut parsed = 0u64;
@@ -133,23 +134,36 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
             buf = BytesMut::with_capacity(4096);
         }
 
-        let idle = proxy.policy.load().idle_timeout.filter(|_| session.is_idle_checked());
+        // While shutting down, serve what the client already sent and stop once it goes quiet.
+        let limit = if draining {
+            Some(DRAIN_QUIET)
+        } else {
+            proxy.policy.load().idle_timeout.filter(|_| session.is_idle_checked())
+        };
         let read = async {
-            match idle {
+            match limit {
                 Some(limit) => tokio::time::timeout(limit, rd.read_buf(&mut buf)).await.ok(),
                 None => Some(rd.read_buf(&mut buf).await),
             }
         };
-        tokio::select! {
-            r = read => match r {
-                None => {
-                    tracing::debug!(client = id, "closing idle client");
-                    break;
+        let read = if draining {
+            read.await
+        } else {
+            tokio::select! {
+                r = read => r,
+                _ = shutdown.changed() => {
+                    draining = true;
+                    continue;
                 }
-                Some(Ok(0)) | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-            _ = shutdown.changed() => break,
+            }
+        };
+        match read {
+            None => {
+                tracing::debug!(client = id, "closing idle client");
+                break;
+            }
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
         }
     }
     let _ = session.out.send(Out::Close).await;
@@ -159,6 +173,9 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
     drop(session);
     let _ = writer.await;
 }
+
+/// During shutdown, a client that sends nothing for this long is considered done.
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The client's writer is gone (its socket failed): stop serving it.
 struct Gone;
@@ -244,7 +261,8 @@ impl Session {
                 return self.reply(r).await;
             }
             "client|reply" => {
-                return self.refuse_in_multi("ERR tandem: CLIENT REPLY is not supported: every request gets its reply")
+                return self
+                    .refuse_in_multi("ERR tandem: CLIENT REPLY is not supported: every request gets its reply")
                     .await
             }
             _ => {}
@@ -574,9 +592,8 @@ impl Session {
         }
         payload.extend_from_slice(&reply::command(&["EXEC"]));
         let n = cmds.len() as u32;
-        let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off).then(|| {
-            routing.mirror == MirrorMode::Sync || first_sync.unwrap_or(false) || routing.moving.is_some()
-        });
+        let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off)
+            .then(|| routing.mirror == MirrorMode::Sync || first_sync.unwrap_or(false) || routing.moving.is_some());
 
         self.switch_path(path).await?;
         let (client_tx, client_rx) = oneshot::channel();
@@ -781,9 +798,7 @@ impl Session {
 
     async fn select(&mut self, proxy: &Proxy, req: &Request) -> Result<Flow, Gone> {
         if self.in_multi {
-            return self
-                .refuse_in_multi("ERR tandem: SELECT inside MULTI is not supported; SELECT before MULTI")
-                .await;
+            return self.refuse_in_multi("ERR tandem: SELECT inside MULTI is not supported; SELECT before MULTI").await;
         }
         if req.argc() != 2 {
             return self.error("ERR wrong number of arguments for 'select' command").await;

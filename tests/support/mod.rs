@@ -21,6 +21,7 @@
 // part of the module; that is expected, not worth a warning per file.
 #![allow(unused_imports)]
 
+pub mod http;
 mod process;
 mod raw;
 mod redis_server;

@@ -1,0 +1,402 @@
+//! Dual-write and the slot split against two real redis-servers (source and target), with a
+//! relay in front of the target to delay or cut the mirror.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use support::{http, RawConn, RedisServer, Relay, Tandem};
+use tandem::route::{slot, CutoverPlan, Side};
+
+/// Source, target, a relay in front of the target, and the proxy.
+struct Setup {
+    source: RedisServer,
+    target: RedisServer,
+    relay: Relay,
+    proxy: Tandem,
+}
+
+fn setup(extra_yaml: &str) -> Setup {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let relay = Relay::start(target.addr());
+    let yaml =
+        format!("backends:\n  source:\n    url: {}\n  target:\n    url: {}\n{extra_yaml}", source.url(), relay.url());
+    let proxy = Tandem::start_config(&yaml, &[]);
+    Setup { source, target, relay, proxy }
+}
+
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Polls until the target's copy of `key` satisfies `f`.
+fn wait_target(s: &Setup, what: &str, mut f: impl FnMut(&RedisServer) -> bool) {
+    support::wait_until(Duration::from_secs(10), what, || f(&s.target));
+}
+
+fn mirror_stats(s: &Setup, towards: &str) -> serde_json::Value {
+    http::status(s.proxy.admin_port())["mirror"]["towards"][towards].clone()
+}
+
+fn wait_mirror_idle(s: &Setup, towards: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    support::wait_until(Duration::from_secs(15), "mirror queue drained", || {
+        last = mirror_stats(s, towards);
+        last["in_flight"] == 0
+    });
+    last
+}
+
+fn assert_identity(stats: &serde_json::Value) {
+    let n = |k: &str| stats[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {stats}"));
+    assert_eq!(
+        n("enqueued"),
+        n("applied") + n("error") + n("diverged") + n("dropped") + n("in_flight"),
+        "accounting identity: {stats}"
+    );
+}
+
+#[test]
+fn keys_land_where_the_slot_plan_says() {
+    for percent in [0.0, 37.5, 100.0] {
+        let s = setup(&format!("cutover:\n  percent: {percent}\n"));
+        let mut c = RawConn::connect(s.proxy.addr());
+        let plan = CutoverPlan::new(percent);
+        let mut expected = [0usize; 2];
+        for i in 0..600 {
+            let key = format!("user:{i}");
+            assert_eq!(c.request(&["SET", &key, "v"]), b"+OK\r\n");
+            expected[plan.side(slot(key.as_bytes())).index()] += 1;
+        }
+        assert_eq!(s.source.cli(&["DBSIZE"]), expected[0].to_string(), "source at {percent}%");
+        assert_eq!(s.target.cli(&["DBSIZE"]), expected[1].to_string(), "target at {percent}%");
+        // And every key is on its own side, read back through the proxy.
+        for i in (0..600).step_by(37) {
+            let key = format!("user:{i}");
+            let on = if plan.side(slot(key.as_bytes())) == Side::Target { &s.target } else { &s.source };
+            assert_eq!(on.cli(&["GET", &key]), "v", "{key} at {percent}%");
+            assert_eq!(c.request(&["GET", &key]), b"$1\r\nv\r\n");
+        }
+    }
+}
+
+#[test]
+fn async_mirror_copies_writes_and_accounts_for_each() {
+    let s = setup("mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    for i in 0..500 {
+        c.request(&["SET", &format!("k{i}"), &format!("v{i}")]);
+    }
+    c.request(&["HSET", "h", "a", "1", "b", "2"]);
+    c.request(&["RPUSH", "l", "x", "y"]);
+    c.request(&["INCR", "n"]);
+    let stats = wait_mirror_idle(&s, "target");
+    assert_identity(&stats);
+    assert_eq!(stats["enqueued"], 503);
+    assert_eq!(stats["applied"], 503);
+    assert_eq!(s.target.cli(&["DBSIZE"]), "503");
+    assert_eq!(s.target.cli(&["GET", "k499"]), "v499");
+    assert_eq!(s.target.cli(&["LRANGE", "l", "0", "-1"]), "x\ny");
+    // Reads are not mirrored.
+    c.request(&["GET", "k1"]);
+    assert_eq!(mirror_stats(&s, "target")["enqueued"], 503);
+}
+
+#[test]
+fn relative_ttls_arrive_as_absolute_expiries() {
+    let s = setup("mirror:\n  mode: async\n");
+    // 150 ms each way: the mirror applies ~300 ms after the source.
+    s.relay.set_delay(Duration::from_millis(150));
+    let mut c = RawConn::connect(s.proxy.addr());
+    c.request(&["SET", "session", "data", "EX", "100"]);
+    c.request(&["SETEX", "setex", "100", "v"]);
+    c.request(&["SET", "px", "v"]);
+    c.request(&["PEXPIRE", "px", "100000"]);
+    c.request(&["SET", "getex", "v"]);
+    c.request(&["GETEX", "getex", "PX", "100000"]);
+    wait_mirror_idle(&s, "target");
+    s.relay.set_delay(Duration::ZERO);
+    for key in ["session", "setex", "px", "getex"] {
+        let src: i64 = s.source.cli(&["PTTL", key]).parse().unwrap();
+        let dst: i64 = s.target.cli(&["PTTL", key]).parse().unwrap();
+        assert!(src > 90_000 && dst > 90_000, "{key}: {src} {dst}");
+        // A relative TTL replayed late would outlive the source's by the ~300 ms delay.
+        assert!((src - dst).abs() <= 50, "{key}: source PTTL {src}, target PTTL {dst}");
+    }
+}
+
+#[test]
+fn pops_and_generated_values_leave_identical_data() {
+    let s = setup("mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    let members: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let mut sadd = vec!["SADD", "set"];
+    sadd.extend(members.iter().map(|m| m.as_str()));
+    c.request(&sadd);
+    for _ in 0..10 {
+        c.request(&["SPOP", "set"]);
+    }
+    c.request(&["SPOP", "set", "5"]);
+    c.request(&["RPUSH", "queue", "a", "b", "c"]);
+    assert_eq!(c.request(&["BLPOP", "queue", "1"]), b"*2\r\n$5\r\nqueue\r\n$1\r\na\r\n");
+    c.request(&["INCRBYFLOAT", "f", "0.1"]);
+    c.request(&["INCRBYFLOAT", "f", "0.2"]);
+    let id = text(c.request(&["XADD", "stream", "*", "k", "v"]));
+    c.request(&["ZADD", "z", "1", "a", "2", "b", "3", "c"]);
+    c.request(&["ZPOPMIN", "z"]);
+    wait_mirror_idle(&s, "target");
+    let sorted = |r: &RedisServer| {
+        let mut v: Vec<String> = r.cli(&["SMEMBERS", "set"]).lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&s.source).len(), 35);
+    assert_eq!(sorted(&s.source), sorted(&s.target), "SPOP left different sets");
+    assert_eq!(s.source.cli(&["LRANGE", "queue", "0", "-1"]), s.target.cli(&["LRANGE", "queue", "0", "-1"]));
+    assert_eq!(s.source.cli(&["GET", "f"]), s.target.cli(&["GET", "f"]));
+    let id = id.lines().nth(1).unwrap_or_default().to_string();
+    assert!(s.target.cli(&["XRANGE", "stream", "-", "+"]).contains(&id), "XADD * used the source's id {id}");
+    assert_eq!(s.source.cli(&["ZRANGE", "z", "0", "-1"]), s.target.cli(&["ZRANGE", "z", "0", "-1"]));
+}
+
+#[test]
+fn evalsha_unknown_to_the_mirror_is_sent_as_eval() {
+    let s = setup("mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    let script = "return redis.call('SET', KEYS[1], ARGV[1])";
+    // Loaded on the source only (directly), then seen by the proxy through SCRIPT LOAD.
+    let sha = text(c.request(&["SCRIPT", "LOAD", script]));
+    let sha = sha.lines().nth(1).unwrap().to_string();
+    s.target.cli(&["SCRIPT", "FLUSH"]);
+    wait_mirror_idle(&s, "target");
+    s.target.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(c.request(&["EVALSHA", &sha, "1", "scripted", "yes"]), b"+OK\r\n");
+    wait_target(&s, "EVALSHA effect on target", |t| t.cli(&["GET", "scripted"]) == "yes");
+}
+
+#[test]
+fn transactions_are_mirrored_as_one_block() {
+    let s = setup("mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    c.request(&["MULTI"]);
+    c.request(&["SET", "a", "1"]);
+    c.request(&["INCR", "a"]);
+    c.request(&["SADD", "s", "x", "y", "z"]);
+    c.request(&["SPOP", "s"]);
+    c.request(&["GET", "a"]);
+    let exec = text(c.request(&["EXEC"]));
+    assert!(exec.starts_with("*5\r\n"), "{exec}");
+    let stats = wait_mirror_idle(&s, "target");
+    assert_eq!(stats["enqueued"], 1, "one block for the whole transaction");
+    assert_eq!(stats["applied"], 1);
+    assert_eq!(s.target.cli(&["GET", "a"]), "2");
+    let members = |r: &RedisServer| {
+        let mut v: Vec<String> = r.cli(&["SMEMBERS", "s"]).lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(members(&s.source), members(&s.target));
+    // A failed transaction is not mirrored.
+    c.request(&["MULTI"]);
+    c.request(&["SET", "b", "1"]);
+    c.request(&["NOSUCHCMD"]);
+    assert!(text(c.request(&["EXEC"])).starts_with("-EXECABORT"));
+    assert_eq!(mirror_stats(&s, "target")["enqueued"], 1);
+}
+
+#[test]
+fn multi_key_commands_are_split_and_merged_across_sides() {
+    let s = setup("cutover:\n  percent: 50\n");
+    let plan = CutoverPlan::new(50.0);
+    let keys: Vec<String> = (0..20).map(|i| format!("mk{i}")).collect();
+    let sides: HashSet<Side> = keys.iter().map(|k| plan.side(slot(k.as_bytes()))).collect();
+    assert_eq!(sides.len(), 2, "the keys cover both sides");
+    let mut c = RawConn::connect(s.proxy.addr());
+    let mut mset = vec!["MSET"];
+    let values: Vec<String> = keys.iter().map(|k| format!("val-{k}")).collect();
+    for (k, v) in keys.iter().zip(&values) {
+        mset.push(k);
+        mset.push(v);
+    }
+    assert_eq!(c.request(&mset), b"+OK\r\n");
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(|k| k.as_str()));
+    mget.push("missing-key");
+    // The merged reply is exactly what one Redis holding every key would answer.
+    let single = RedisServer::start();
+    single.cli(&mset);
+    let mut direct = RawConn::connect(single.addr());
+    assert_eq!(text(c.request(&mget)), text(direct.request(&mget)));
+    let mut exists = vec!["EXISTS"];
+    exists.extend(keys.iter().map(|k| k.as_str()));
+    exists.push("missing-key");
+    assert_eq!(c.request(&exists), b":20\r\n");
+    let mut del = vec!["DEL"];
+    del.extend(keys[..10].iter().map(|k| k.as_str()));
+    assert_eq!(c.request(&del), b":10\r\n");
+    assert_eq!(c.request(&exists), b":10\r\n");
+    let metrics = http::get(s.proxy.admin_port(), "/metrics");
+    assert!(metrics.contains("tandem_split_commands_total 5"), "{metrics}");
+}
+
+#[test]
+fn sync_mode_waits_for_the_mirror_and_bounds_the_wait() {
+    let s = setup("mirror:\n  mode: sync\n  timeout: 1s\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    c.request(&["PING"]);
+    s.relay.set_delay(Duration::from_millis(100));
+    let t = Instant::now();
+    assert_eq!(c.request(&["SET", "k", "v"]), b"+OK\r\n");
+    let took = t.elapsed();
+    // The reply came only after the target applied it: it is there at once.
+    assert_eq!(s.target.cli(&["GET", "k"]), "v");
+    assert!(took >= Duration::from_millis(200), "sync reply did not wait for the mirror: {took:?}");
+    // A dead mirror: the reply still comes, after the bounded wait.
+    s.relay.set_delay(Duration::ZERO);
+    s.relay.blackhole(true);
+    let t = Instant::now();
+    assert_eq!(c.request(&["SET", "k2", "v"]), b"+OK\r\n");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "bounded wait: {took:?}");
+    let metrics = http::get(s.proxy.admin_port(), "/metrics");
+    assert!(metrics.contains("tandem_sync_mirror_late_total 1"), "{metrics}");
+    assert_eq!(s.source.cli(&["GET", "k2"]), "v");
+}
+
+#[test]
+fn accounting_balances_and_journal_names_exactly_the_dropped_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("repair.jsonl");
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    let yaml = format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n    connect_timeout: 200ms\n    command_timeout: 500ms\n\
+         mirror:\n  mode: async\n  journal: {}\n",
+        source.url(),
+        target.url(),
+        journal.display()
+    );
+    let proxy = Tandem::start_config(&yaml, &[]);
+    let status = |towards: &str| http::status(proxy.admin_port())["mirror"]["towards"][towards].clone();
+    let mut c = RawConn::connect(proxy.addr());
+    for i in 0..200 {
+        c.request(&["SET", &format!("ok:{i}"), "v"]);
+    }
+    support::wait_until(Duration::from_secs(10), "first batch applied", || status("target")["applied"] == 200);
+
+    // The target dies mid-run; clients keep being served by the source.
+    target.stop();
+    for i in 0..200 {
+        assert_eq!(c.request(&["SET", &format!("lost:{i}"), "v"]), b"+OK\r\n");
+        assert_identity(&status("target"));
+    }
+    let mut stats = serde_json::Value::Null;
+    support::wait_until(Duration::from_secs(15), "every mirrored write settled", || {
+        stats = status("target");
+        stats["in_flight"] == 0
+    });
+    assert_identity(&stats);
+    assert_eq!(stats["enqueued"], 400);
+    assert_eq!(stats["applied"], 200);
+    assert_eq!(stats["dropped"], 200, "{stats}");
+
+    let mut keys = HashSet::new();
+    support::wait_until(Duration::from_secs(10), "journal written", || {
+        keys = std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("journal line is JSON");
+                assert_eq!(v["backend"], "target");
+                assert!(v["reason"].as_str().unwrap().starts_with("dropped"), "{v}");
+                v["key"].as_str().unwrap().to_string()
+            })
+            .collect();
+        keys.len() == 200
+    });
+    let expected: HashSet<String> = (0..200).map(|i| format!("lost:{i}")).collect();
+    assert_eq!(keys, expected, "the journal lists exactly the dropped keys");
+
+    // Mirroring resumes by itself when the target returns.
+    target.restart();
+    support::wait_until(Duration::from_secs(15), "mirror resumes", || {
+        c.request(&["SET", "after", "v"]);
+        target.cli(&["EXISTS", "after"]) == "1"
+    });
+}
+
+#[test]
+fn flips_under_load_never_serve_a_stale_read() {
+    let s = setup("mirror:\n  mode: async\ncutover:\n  flip_timeout: 5s\n");
+    // Mirrored writes reach the target ~100 ms late.
+    s.relay.set_delay(Duration::from_millis(50));
+    let addr = s.proxy.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = RawConn::connect(addr);
+            c.set_timeout(Duration::from_secs(10));
+            let (mut stale, mut checked) = (0u64, 0u64);
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                n += 1;
+                let key = format!("own:{}", n % 64);
+                let value = n.to_string();
+                c.request(&["SET", &key, &value]);
+                let got = c.request(&["GET", &key]);
+                checked += 1;
+                if got != format!("${}\r\n{value}\r\n", value.len()).into_bytes() {
+                    stale += 1;
+                }
+            }
+            (stale, checked)
+        })
+    };
+    let mut waits = Vec::new();
+    for percent in ["100", "0", "50", "100", "0"] {
+        // Let the checker write under this plan for a moment.
+        let before = http::status(s.proxy.admin_port())["commands"].as_u64().unwrap();
+        support::wait_until(Duration::from_secs(10), "checker made progress", || {
+            http::status(s.proxy.admin_port())["commands"].as_u64().unwrap() > before + 20
+        });
+        let (code, body) = http::post(s.proxy.admin_port(), "/cutover", &format!("{{\"percent\": {percent}}}"));
+        assert_eq!(code, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["drained"], true, "{report}");
+        waits.push(report["waited_ms"].as_u64().unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (stale, checked) = checker.join().unwrap();
+    assert!(checked > 100, "checker ran: {checked}");
+    assert_eq!(stale, 0, "stale reads during flips ({checked} checked)");
+    eprintln!("flip waits under load (ms): {waits:?}");
+    // The flip waited for the delayed backlog rather than swapping at once.
+    assert!(waits.iter().any(|&w| w >= 50), "{waits:?}");
+}
+
+#[test]
+fn keyless_commands_go_to_the_source_and_flushes_are_mirrored() {
+    let s = setup("mirror:\n  mode: async\ncutover:\n  percent: 100\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    s.source.cli(&["SET", "only-on-source", "1"]);
+    // With mirroring on, the source is complete: DBSIZE, KEYS, SCAN read it.
+    assert_eq!(c.request(&["DBSIZE"]), b":1\r\n");
+    c.request(&["SET", "k", "v"]);
+    assert_eq!(s.target.cli(&["GET", "k"]), "v", "served by the target at 100%");
+    wait_target(&s, "noop", |_| true);
+    support::wait_until(Duration::from_secs(10), "mirrored back to the source", || s.source.cli(&["GET", "k"]) == "v");
+    assert_eq!(c.request(&["FLUSHALL"]), b"+OK\r\n");
+    support::wait_until(Duration::from_secs(10), "FLUSHALL mirrored", || {
+        s.source.cli(&["DBSIZE"]) == "0" && s.target.cli(&["DBSIZE"]) == "0"
+    });
+    // PUBLISH is delivered once: it is not mirrored.
+    c.request(&["PUBLISH", "ch", "m"]);
+    // The SET was served by the target and mirrored to the source; FLUSHALL has no key, so
+    // the source served it and it was mirrored to the target.
+    assert_eq!(mirror_stats(&s, "source")["enqueued"], 1);
+    assert_eq!(mirror_stats(&s, "target")["enqueued"], 1);
+}
