@@ -29,8 +29,8 @@ RESULTS_DIR=${RESULTS_DIR:-$ROOT/benches/results}
 # config or tandem does not come up. Enable a mode by changing its STATUS.
 MODES=(
   'off|available|source|mirror: {mode: "off"}'
-  'async|unavailable: mirroring is not implemented yet|source+target|mirror: {mode: async}'
-  'async+compare5|unavailable: mirroring/shadow reads are not implemented yet|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
+  'async|available|source+target|mirror: {mode: async}'
+  'async+compare5|unavailable: shadow-read comparison is not implemented yet|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
 )
 
 # ---------------------------------------------------------------------------------
