@@ -361,7 +361,10 @@ impl Session {
             first
         };
         let blocking = info.is_some_and(|i| i.blocks(&argv));
-        let write = flags.contains(Flags::WRITE);
+        // Script and function management is not flagged as a write, but a target that is
+        // missing the application's scripts would answer EVALSHA/FCALL with an error after
+        // cutover: mirror it like a write.
+        let write = flags.contains(Flags::WRITE) || is_script_management(name);
         let sync = write && routing.mirror != MirrorMode::Off && {
             match keys.first() {
                 Some(&k) => routing.sync_for(argv[k]),
@@ -926,6 +929,13 @@ impl Session {
         }
         Ok(Flow::Continue)
     }
+}
+
+fn is_script_management(name: &str) -> bool {
+    matches!(
+        name,
+        "script|load" | "script|flush" | "function|load" | "function|delete" | "function|flush" | "function|restore"
+    )
 }
 
 fn validate_name(name: &[u8]) -> Result<(), &'static str> {

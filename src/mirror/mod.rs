@@ -159,13 +159,25 @@ fn error_text(frame: &[u8]) -> String {
     String::from_utf8_lossy(frame.get(1..frame.len().saturating_sub(2)).unwrap_or_default()).into_owned()
 }
 
-/// Replies are compared as values: a RESP3 client's `_` null equals the mirror's `$-1`.
-fn same_reply(a: &[u8], b: &[u8]) -> bool {
+/// Replies are compared as values, so a RESP3 client's reply (`_`, `#t`, maps) equals the
+/// mirror connection's RESP2 reply of the same data.
+fn same_reply(a: &Bytes, b: &Bytes) -> bool {
     if a == b {
         return true;
     }
-    let null = |f: &[u8]| matches!(f, b"_\r\n" | b"$-1\r\n" | b"*-1\r\n");
-    null(a) && null(b)
+    use crate::proto::value::{parse, Value};
+    // A RESP3 double (`ZADD ... INCR`, `ZSCORE`) is a bulk string in RESP2.
+    fn number(v: &Value) -> Option<f64> {
+        match v {
+            Value::Double(d) => Some(*d),
+            Value::Bulk(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x == y || matches!((number(&x), number(&y)), (Some(p), Some(q)) if p == q),
+        _ => false,
+    }
 }
 
 /// Both mirror queues and what building effects needs.
@@ -388,7 +400,10 @@ mod tests {
 
     #[test]
     fn nulls_compare_equal_across_protocols() {
-        assert!(same_reply(b"_\r\n", b"$-1\r\n"));
-        assert!(!same_reply(b":1\r\n", b":2\r\n"));
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert!(same_reply(&b(b"_\r\n"), &b(b"$-1\r\n")));
+        assert!(!same_reply(&b(b":1\r\n"), &b(b":2\r\n")));
+        assert!(same_reply(&b(b",2.5\r\n"), &b(b"$3\r\n2.5\r\n")));
+        assert!(same_reply(&b(b"#t\r\n"), &b(b"#t\r\n")));
     }
 }

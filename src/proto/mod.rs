@@ -8,3 +8,4 @@
 pub mod commands;
 pub mod reply;
 pub mod request;
+pub mod value;
