@@ -30,6 +30,7 @@ RESULTS_DIR=${RESULTS_DIR:-$ROOT/benches/results}
 MODES=(
   'off|available|source|mirror: {mode: "off"}'
   'async|available|source+target|mirror: {mode: async}'
+  'sync|available|source+target|mirror: {mode: sync}'
   'async+compare5|unavailable: shadow-read comparison is not implemented yet|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
 )
 

@@ -146,7 +146,35 @@ fn pops_and_generated_values_leave_identical_data() {
     let id = text(c.request(&["XADD", "stream", "*", "k", "v"]));
     c.request(&["ZADD", "z", "1", "a", "2", "b", "3", "c"]);
     c.request(&["ZPOPMIN", "z"]);
+    assert!(text(c.request(&["BZPOPMIN", "z", "1"])).contains("b"));
+    c.request(&["RPUSH", "from", "1", "2", "3", "4"]);
+    c.request(&["BLMOVE", "from", "to", "LEFT", "RIGHT", "1"]);
+    c.request(&["LMPOP", "1", "from", "RIGHT", "COUNT", "2"]);
+    c.request(&["SET", "restored-src", "payload"]);
+    let dump = c.request(&["DUMP", "restored-src"]);
+    let dump = &dump[dump.iter().position(|&b| b == b'\n').unwrap() + 1..dump.len() - 2];
+    let mut restore = support::encode_cmd(&["RESTORE", "restored", "100000"]);
+    // RESTORE's payload is binary: patch it in as a raw bulk string.
+    restore[1] = b'4';
+    restore.extend_from_slice(format!("${}\r\n", dump.len()).as_bytes());
+    restore.extend_from_slice(dump);
+    restore.extend_from_slice(b"\r\n");
+    c.send(&restore);
+    assert_eq!(c.read_reply(), b"+OK\r\n");
+    c.request(&["SET", "exp", "v"]);
+    c.request(&["EXPIRE", "exp", "100"]);
+    c.request(&["PSETEX", "psetex", "100000", "v"]);
     wait_mirror_idle(&s, "target");
+    for (key, cmd) in [("from", "LRANGE"), ("to", "LRANGE")] {
+        assert_eq!(s.source.cli(&[cmd, key, "0", "-1"]), s.target.cli(&[cmd, key, "0", "-1"]), "{key}");
+    }
+    assert_eq!(s.target.cli(&["LRANGE", "to", "0", "-1"]), "1");
+    assert_eq!(s.target.cli(&["GET", "restored"]), "payload");
+    for key in ["restored", "exp", "psetex"] {
+        let src: i64 = s.source.cli(&["PTTL", key]).parse().unwrap();
+        let dst: i64 = s.target.cli(&["PTTL", key]).parse().unwrap();
+        assert!(dst > 90_000 && (src - dst).abs() <= 50, "{key}: {src} {dst}");
+    }
     let sorted = |r: &RedisServer| {
         let mut v: Vec<String> = r.cli(&["SMEMBERS", "set"]).lines().map(String::from).collect();
         v.sort();
