@@ -10,6 +10,8 @@ pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod metrics;
 pub mod mirror;
 pub mod proto;

@@ -10,13 +10,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use tandem::backend::{Backend, BackendSettings};
-use tandem::client::auth::Users;
 use tandem::config::{self, Config, LogFormat};
-use tandem::mirror::journal::Journal;
-use tandem::proto::request::Limits;
-use tandem::route::{CutoverPlan, MirrorMode, Routing};
-use tandem::server::{Policy, Proxy};
+use tandem::control::{Control, Overrides};
+use tandem::server::Proxy;
 
 #[derive(Parser)]
 #[command(name = "tandem", version, about = "A RESP proxy for zero-downtime Redis migrations")]
@@ -34,6 +30,8 @@ enum Command {
         #[arg(long, short, default_value = "proxy.yaml")]
         config: PathBuf,
     },
+    /// Talk to a running proxy's admin API: status, cutover, rollback, mirror, compare.
+    Ctl(tandem::ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +54,9 @@ struct RunArgs {
     /// Log format, overriding `log.format`.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// How often the config file is checked for changes (besides file events and SIGHUP).
+    #[arg(long, default_value = "2s", value_parser = config::units::parse_duration)]
+    reload_poll: Duration,
     /// How long SIGTERM waits for clients to finish what they sent.
     #[arg(long, default_value = "10s", value_parser = config::units::parse_duration)]
     drain_timeout: Duration,
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Ctl(args) => tandem::ctl::run(args),
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -115,44 +117,53 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         None => config.log.format == LogFormat::Json,
     };
     init_logging(&config.log.level, json);
+    admin_exposure_check(&config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let source = Backend::new(backend_settings("source", &config.backends.source));
-        let target = config.backends.target.as_ref().map(|t| Backend::new(backend_settings("target", t)));
-        let journal = match &config.mirror.journal {
-            Some(path) => Some(Arc::new(
-                Journal::open(path.clone(), config.mirror.journal_max_bytes)
-                    .with_context(|| format!("cannot open repair journal {}", path.display()))?,
-            )),
-            None => None,
+        let listen = config.listen.clone();
+        let admin_listen = config.admin.listen.clone();
+        let source_url = config.backends.source.url.to_string();
+        let overrides = Overrides {
+            listen: args.listen.clone(),
+            admin: args.admin.clone(),
+            source: args.source.clone(),
+            target: args.target.clone(),
         };
-        let routing = Routing {
-            plan: CutoverPlan::new(config.cutover.percent),
-            mirror: mirror_mode(config.mirror.mode),
-            moving: None,
-            has_target: target.is_some(),
-        };
-        let proxy =
-            Proxy::new(policy(&config), routing, source, target, config.mirror.queue_len as usize, journal);
-
-        let listener =
-            TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        let admin = TcpListener::bind(&config.admin.listen)
+        let control = Control::start(config, args.config.clone(), overrides)?;
+        let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let admin = TcpListener::bind(&admin_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
-        tracing::info!(listen = %config.listen, admin = %config.admin.listen, source = %config.backends.source.url, "tandem started");
+            .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+        tracing::info!(listen = %listen, admin = %admin_listen, source = %source_url, "tandem started");
 
+        control.watch(args.reload_poll);
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(tandem::admin::serve(admin, proxy.clone(), stop_rx.clone()));
+        tokio::spawn(tandem::admin::serve(admin, control.clone(), stop_rx.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             let _ = stop_tx.send(true);
         });
-        tandem::server::serve(listener, proxy, stop_rx, args.drain_timeout).await;
+        tandem::server::serve(listener, control.proxy.clone(), stop_rx, args.drain_timeout).await;
         tracing::info!("tandem stopped");
         Ok(())
     })
+}
+
+/// An admin API reachable from other hosts can move the cutover: refuse to start it
+/// without a token.
+fn admin_exposure_check(config: &Config) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = match config.admin.listen.parse() {
+        Ok(a) => a,
+        Err(_) => return Ok(()),
+    };
+    if !addr.ip().is_loopback() && config.admin.token().is_none() {
+        anyhow::bail!(
+            "admin.listen {} is not a loopback address: set admin.token_env or admin.token_file so the admin API requires a bearer token",
+            config.admin.listen
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -176,51 +187,6 @@ fn init_logging(level: &str, json: bool) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-fn backend_settings(name: &str, b: &config::Backend) -> BackendSettings {
-    BackendSettings {
-        name: name.into(),
-        addr: b.url.addr(),
-        db: b.url.db,
-        username: b.username.clone(),
-        password: b.password().map(|s| s.expose().to_string()),
-        pool_size: b.pool_size as usize,
-        connect_timeout: b.connect_timeout,
-        command_timeout: b.command_timeout,
-        backoff_min: b.reconnect_backoff.min,
-        backoff_max: b.reconnect_backoff.max,
-    }
-}
-
-fn policy(config: &Config) -> Policy {
-    let mut users = Users::default();
-    for u in &config.auth.users {
-        if let Some(p) = u.password() {
-            users.add_password(&u.name, p.expose(), u.read_only);
-        } else if let Some(d) = u.password_sha256_digest() {
-            users.add_digest(&u.name, *d, u.read_only);
-        }
-    }
-    let l = &config.limits;
-    Policy {
-        limits: Limits { max_bulk_len: l.max_bulk_len as usize, max_array_len: l.max_array_len as usize },
-        max_clients: l.max_clients as usize,
-        idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
-        max_pipeline: l.max_pipeline as usize,
-        users,
-        allow: config.allow_commands.clone(),
-        mirror_timeout: config.mirror.timeout,
-        flip_timeout: config.cutover.flip_timeout,
-    }
-}
-
-fn mirror_mode(mode: config::MirrorMode) -> MirrorMode {
-    match mode {
-        config::MirrorMode::Off => MirrorMode::Off,
-        config::MirrorMode::Async => MirrorMode::Async,
-        config::MirrorMode::Sync => MirrorMode::Sync,
     }
 }
 

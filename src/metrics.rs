@@ -33,6 +33,9 @@ pub struct Metrics {
     pub cutover_percent: Gauge,
     mirror_writes: IntCounterVec,
     mirror_queue_depth: IntGaugeVec,
+    pub config_generation: IntGauge,
+    pub reloads: IntCounterVec,
+    pub admin_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,7 +94,26 @@ impl Metrics {
         )
         .expect("static");
         registry.register(Box::new(mirror_queue_depth.clone())).expect("metric registered once");
+        let config_generation =
+            IntGauge::new("config_generation", "Configuration generation (bumps on every applied change)")
+                .expect("static");
+        registry.register(Box::new(config_generation.clone())).expect("metric registered once");
+        let reloads = IntCounterVec::new(
+            Opts::new("config_reloads_total", "Config file reloads, by result (ok, error: rejected and kept the old)"),
+            &["result"],
+        )
+        .expect("static");
+        registry.register(Box::new(reloads.clone())).expect("metric registered once");
+        let admin_requests = IntCounterVec::new(
+            Opts::new("admin_requests_total", "Admin API requests by endpoint and status code"),
+            &["endpoint", "code"],
+        )
+        .expect("static");
+        registry.register(Box::new(admin_requests.clone())).expect("metric registered once");
         Metrics {
+            config_generation,
+            reloads,
+            admin_requests,
             served: [served_vec.with_label_values(&["source"]), served_vec.with_label_values(&["target"])],
             cross_side: counter(
                 "cross_side_total",

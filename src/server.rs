@@ -45,14 +45,35 @@ impl Policy {
     }
 }
 
+/// The backends in use and the mirror queues between them. Replaced whole when a reload
+/// changes a backend: clients pick up the new set on their next command, while commands
+/// already sent finish on the old connections, which then close.
+pub struct BackendSet {
+    pub source: Arc<Backend>,
+    pub target: Option<Arc<Backend>>,
+    pub mirrors: Arc<Mirrors>,
+}
+
+impl BackendSet {
+    /// The backend on `side` (the source when no target is configured).
+    pub fn get(&self, side: Side) -> &Arc<Backend> {
+        match side {
+            Side::Target => self.target.as_ref().unwrap_or(&self.source),
+            Side::Source => &self.source,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        std::iter::once(&self.source).chain(self.target.iter())
+    }
+}
+
 /// State shared by every connection of a running proxy.
 pub struct Proxy {
     pub policy: ArcSwap<Policy>,
     pub commands: Arc<ArcSwap<CommandTable>>,
     pub routing: ArcSwap<Routing>,
-    pub source: Arc<Backend>,
-    pub target: Option<Arc<Backend>>,
-    pub mirrors: Arc<Mirrors>,
+    pub backends: ArcSwap<BackendSet>,
     pub metrics: Arc<Metrics>,
     clients: AtomicUsize,
     next_id: AtomicU64,
@@ -89,9 +110,7 @@ impl Proxy {
             policy: ArcSwap::from_pointee(policy),
             commands,
             routing: ArcSwap::from_pointee(routing),
-            source,
-            target,
-            mirrors,
+            backends: ArcSwap::from_pointee(BackendSet { source, target, mirrors }),
             metrics,
             clients: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -99,16 +118,37 @@ impl Proxy {
         })
     }
 
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
-        std::iter::once(&self.source).chain(self.target.iter())
+    /// The backends in use now.
+    pub fn backend_set(&self) -> Arc<BackendSet> {
+        self.backends.load_full()
     }
 
-    /// The backend on `side` (the source when no target is configured).
-    pub fn backend(&self, side: Side) -> &Arc<Backend> {
-        match side {
-            Side::Target => self.target.as_ref().unwrap_or(&self.source),
-            Side::Source => &self.source,
+    /// The backend on `side` now (the source when no target is configured).
+    pub fn backend(&self, side: Side) -> Arc<Backend> {
+        self.backends.load().get(side).clone()
+    }
+
+    /// The mirror queues now.
+    pub fn mirrors(&self) -> Arc<Mirrors> {
+        self.backends.load().mirrors.clone()
+    }
+
+    pub fn has_target(&self) -> bool {
+        self.backends.load().target.is_some()
+    }
+
+    /// Swaps in new backends (a reload changed one). Mirror accounting carries over.
+    pub fn replace_backends(&self, source: Arc<Backend>, target: Option<Arc<Backend>>, queue_len: usize) {
+        let old = self.backends.load_full();
+        let mirrors = Arc::new(Mirrors::rebuild(&old.mirrors, &source, target.as_ref(), queue_len));
+        for b in std::iter::once(&source).chain(target.iter()) {
+            b.warm_up();
         }
+        let has_target = target.is_some();
+        self.backends.store(Arc::new(BackendSet { source, target, mirrors }));
+        let mut routing = Routing::clone(&self.routing.load_full());
+        routing.has_target = has_target;
+        self.routing.store(Arc::new(routing));
     }
 
     pub fn mirror_timeout(&self) -> Duration {
@@ -147,11 +187,12 @@ impl Proxy {
             let wait = async {
                 // After the fence every write sent before the change has been answered, so
                 // its effect is in a mirror queue; then wait for those queues to drain.
-                for b in self.backends() {
+                let set = self.backend_set();
+                for b in set.iter() {
                     b.fence().await;
                 }
-                let a = self.mirrors.drain(Side::Target, limit).await;
-                let b = self.mirrors.drain(Side::Source, limit).await;
+                let a = set.mirrors.drain(Side::Target, limit).await;
+                let b = set.mirrors.drain(Side::Source, limit).await;
                 a && b
             };
             drained = tokio::time::timeout(limit, wait).await.unwrap_or(false);
@@ -198,7 +239,7 @@ impl Proxy {
 /// Accepts clients until `shutdown` fires, then waits (at most `drain`) for connected clients
 /// to finish what they sent.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
-    for backend in proxy.backends() {
+    for backend in proxy.backend_set().iter() {
         backend.warm_up();
         tokio::spawn(refresh_command_table(proxy.clone(), backend.clone()));
     }

@@ -1,5 +1,6 @@
-//! The admin HTTP listener (hyper 1.x): liveness, readiness, Prometheus metrics and a JSON
-//! status. Bound to loopback by default; it never prints secrets.
+//! The admin HTTP API (hyper 1.x): status, control endpoints, Prometheus metrics, liveness
+//! and readiness. Bound to loopback by default; when a bearer token is configured every
+//! endpoint but `/healthz` requires it. Nothing it returns contains a secret.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,20 +15,23 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::{mode_name, Control};
 use crate::route::{MirrorMode, Side};
-use crate::server::Proxy;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 /// Serves admin requests until `shutdown` fires.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let proxy = proxy.clone();
+                let control = control.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+                        let control = control.clone();
+                        async move { Ok::<_, Infallible>(handle(&control, req).await) }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
@@ -37,100 +41,172 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     }
 }
 
-/// Largest request body the admin API reads.
-const MAX_BODY: usize = 64 * 1024;
-
-async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    if method == Method::POST {
-        let body = match read_body(req).await {
-            Ok(b) => b,
-            Err(msg) => return json_error(StatusCode::BAD_REQUEST, &msg),
-        };
-        return post(proxy, &path, &body).await;
-    }
-    match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let down: Vec<&str> = proxy.backends().filter(|b| !b.health().is_up()).map(|b| b.name().as_ref()).collect();
+    let response = if path != "/healthz" && !authorized(control, &req) {
+        json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <admin token>)")
+    } else if method == Method::POST {
+        match read_body(req).await {
+            Ok(body) => post(control, &path, &body).await,
+            Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
+        }
+    } else if method == Method::GET {
+        get(control, &path)
+    } else {
+        json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST")
+    };
+    let endpoint = match path.as_str() {
+        "/status" | "/metrics" | "/healthz" | "/readyz" | "/cutover" | "/rollback" | "/mirror" | "/compare" => &path,
+        _ => "other",
+    };
+    control.proxy.metrics.admin_requests.with_label_values(&[endpoint, response.status().as_str()]).inc();
+    response
+}
+
+/// Constant-time comparison of the bearer token, so response timing reveals nothing.
+fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
+    let Some(token) = control.token() else { return true };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use sha2::{Digest, Sha256};
+    let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn get(control: &Control, path: &str) -> Response<Full<Bytes>> {
+    let proxy = &control.proxy;
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            // Ready when every backend that serves slots now is reachable.
+            let set = proxy.backend_set();
+            let routing = proxy.routing.load();
+            let serving: Vec<Side> = match routing.plan.uniform() {
+                Some(side) => vec![side],
+                None => vec![Side::Source, Side::Target],
+            };
+            let down: Vec<&str> = serving
+                .iter()
+                .map(|&s| set.get(s))
+                .filter(|b| !b.health().is_up())
+                .map(|b| b.name().as_ref())
+                .collect();
             if down.is_empty() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, &format!("backends down: {}\n", down.join(", ")))
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("serving backends down: {}\n", down.join(", ")))
             }
         }
-        (&Method::GET, "/metrics") => {
-            proxy.metrics.observe_mirrors(&proxy.mirrors);
-            for b in proxy.backends() {
-                proxy.metrics.backend_up.with_label_values(&[b.name()]).set(b.health().is_up() as i64);
+        "/metrics" => {
+            let set = proxy.backend_set();
+            proxy.metrics.observe_mirrors(&set.mirrors);
+            for b in set.iter() {
+                proxy.metrics.backend_up.with_label_values(&[b.name().as_ref()]).set(b.health().is_up() as i64);
             }
             let mut r = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
             r.headers_mut().insert("content-type", "text/plain; version=0.0.4".parse().expect("static header"));
             r
         }
-        (&Method::GET, "/status") => {
-            let backends: Vec<_> = proxy
-                .backends()
-                .map(|b| {
-                    serde_json::json!({
-                        "name": b.name().as_ref(),
-                        "addr": b.settings().addr,
-                        "up": b.health().is_up(),
-                        "last_error": b.health().last_error(),
-                        "server_version": b.server_version(),
-                    })
-                })
-                .collect();
-            let routing = proxy.routing.load();
-            let mut mirror = serde_json::Map::new();
-            for side in [Side::Source, Side::Target] {
-                if let Some(q) = proxy.mirrors.queue(side) {
-                    let mut v = serde_json::to_value(q.stats.snapshot()).unwrap_or_default();
-                    v["queue_depth"] = q.depth().into();
-                    mirror.insert(side.name().to_string(), v);
-                }
-            }
-            let body = serde_json::json!({
-                "clients": proxy.client_count(),
-                "backends": backends,
-                "commands": proxy.metrics.commands.get(),
-                "command_table_size": proxy.commands.load().len(),
-                "cutover": {
-                    "percent": routing.plan.percent(),
-                    "moved_slots": routing.plan.moved_slots(),
-                    "flip_in_progress": routing.moving.as_ref().map(|m| m.len()),
-                },
-                "mirror": {
-                    "mode": mode_name(routing.mirror),
-                    "towards": mirror,
-                },
-            });
-            let mut r = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-            r.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
-            r
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        "/status" => json(StatusCode::OK, &status(control)),
+        _ => json_error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
 
-async fn post(proxy: &Proxy, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
-    let parsed: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}")),
+/// The `/status` document.
+pub fn status(control: &Control) -> serde_json::Value {
+    let proxy = &control.proxy;
+    let set = proxy.backend_set();
+    let backends: Vec<_> = set
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name().as_ref(),
+                "addr": b.settings().addr,
+                "up": b.health().is_up(),
+                "last_error": b.health().last_error(),
+                "server_version": b.server_version(),
+            })
+        })
+        .collect();
+    let routing = proxy.routing.load();
+    let mut towards = serde_json::Map::new();
+    for side in [Side::Source, Side::Target] {
+        if let Some(q) = set.mirrors.queue(side) {
+            let mut v = serde_json::to_value(q.stats.snapshot()).unwrap_or_default();
+            v["queue_depth"] = q.depth().into();
+            towards.insert(side.name().to_string(), v);
+        }
+    }
+    let cs = control.status();
+    serde_json::json!({
+        "generation": cs.generation,
+        "last_change": cs.last_change,
+        "last_reload_error": cs.last_reload_error,
+        "reloads": { "ok": cs.reloads_ok, "error": cs.reloads_error },
+        "clients": proxy.client_count(),
+        "commands": proxy.metrics.commands.get(),
+        "command_table_size": proxy.commands.load().len(),
+        "backends": backends,
+        "cutover": {
+            "percent": routing.plan.percent(),
+            "moved_slots": routing.plan.moved_slots(),
+            "flip_in_progress": routing.moving.as_ref().map(|m| m.len()),
+        },
+        "mirror": { "mode": mode_name(routing.mirror), "towards": towards },
+        "compare": { "percent": cs.compare_percent },
+        "ramp": serde_json::Value::Null,
+    })
+}
+
+async fn post(control: &Control, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    let parsed: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}")),
+        }
     };
+    let percent_field = |name: &str| -> Result<Option<f64>, Response<Full<Bytes>>> {
+        match parsed.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(p) if (0.0..=100.0).contains(&p) => Ok(Some(p)),
+                _ => Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("\"{name}\" must be a number within 0..100, got {v}"),
+                )),
+            },
+        }
+    };
+    let has_target = control.proxy.has_target();
     match path {
-        "/cutover" => {
-            let Some(percent) = parsed.get("percent").and_then(|p| p.as_f64()) else {
-                return json_error(StatusCode::BAD_REQUEST, "expected {\"percent\": <number 0..100>}");
+        "/cutover" | "/rollback" => {
+            let percent = match (path, percent_field(if path == "/cutover" { "percent" } else { "to" })) {
+                (_, Err(resp)) => return resp,
+                ("/cutover", Ok(None)) => {
+                    return json_error(StatusCode::BAD_REQUEST, "expected {\"percent\": <number 0..100>}")
+                }
+                (_, Ok(None)) => 0.0,
+                (_, Ok(Some(p))) => p,
             };
-            if !(0.0..=100.0).contains(&percent) {
-                return json_error(StatusCode::BAD_REQUEST, &format!("percent must be within 0..100, got {percent}"));
+            if path == "/rollback" && percent > control.proxy.routing.load().plan.percent() {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "a rollback only lowers the cutover; use /cutover to raise it",
+                );
             }
-            if proxy.target.is_none() && percent > 0.0 {
+            if !has_target && percent > 0.0 {
                 return json_error(StatusCode::CONFLICT, "no target backend is configured");
             }
-            let report = proxy.set_cutover(percent).await;
+            let what = if path == "/rollback" { "rollback" } else { "cutover" };
+            let report = control.set_cutover(percent, what).await;
             json(StatusCode::OK, &serde_json::to_value(report).unwrap_or_default())
         }
         "/mirror" => {
@@ -140,12 +216,20 @@ async fn post(proxy: &Proxy, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
                 Some("sync") => MirrorMode::Sync,
                 _ => return json_error(StatusCode::BAD_REQUEST, "expected {\"mode\": \"off\" | \"async\" | \"sync\"}"),
             };
-            if proxy.target.is_none() && mode != MirrorMode::Off {
+            if !has_target && mode != MirrorMode::Off {
                 return json_error(StatusCode::CONFLICT, "no target backend is configured");
             }
-            proxy.set_mirror_mode(mode);
+            control.set_mirror(mode).await;
             json(StatusCode::OK, &serde_json::json!({ "mode": mode_name(mode) }))
         }
+        "/compare" => match percent_field("percent") {
+            Err(resp) => resp,
+            Ok(None) => json_error(StatusCode::BAD_REQUEST, "expected {\"percent\": <number 0..100>}"),
+            Ok(Some(p)) => {
+                control.set_compare(p).await;
+                json(StatusCode::OK, &serde_json::json!({ "percent": p }))
+            }
+        },
         _ => json_error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -156,14 +240,6 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => Err(format!("cannot read body: {e}")),
-    }
-}
-
-fn mode_name(mode: MirrorMode) -> &'static str {
-    match mode {
-        MirrorMode::Off => "off",
-        MirrorMode::Async => "async",
-        MirrorMode::Sync => "sync",
     }
 }
 

@@ -224,7 +224,7 @@ impl Session {
         Handshake { proto: self.proto, db: (self.db != 0).then_some(self.db), name: self.name.clone() }
     }
 
-    fn backend<'p>(&self, proxy: &'p Proxy, side: Side) -> &'p Arc<Backend> {
+    fn backend(&self, proxy: &Proxy, side: Side) -> Arc<Backend> {
         proxy.backend(side)
     }
 
@@ -423,7 +423,7 @@ impl Session {
                 } else {
                     None
                 };
-                let mirrors = proxy.mirrors.clone();
+                let mirrors = proxy.mirrors();
                 let db = self.db;
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
@@ -498,7 +498,7 @@ impl Session {
             let sub = Request::from_args(&args);
             let (tx, rx) = oneshot::channel();
             let sink = if write && routing.mirror != MirrorMode::Off {
-                let mirrors = proxy.mirrors.clone();
+                let mirrors = proxy.mirrors();
                 let db = self.db;
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
@@ -609,7 +609,7 @@ impl Session {
                     mirror_rx = Some(rx);
                     tx
                 });
-                let mirrors = proxy.mirrors.clone();
+                let mirrors = proxy.mirrors();
                 let db = self.db;
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {

@@ -183,7 +183,7 @@ fn same_reply(a: &Bytes, b: &Bytes) -> bool {
 /// Both mirror queues and what building effects needs.
 pub struct Mirrors {
     queues: [Option<MirrorQueue>; 2],
-    pub scripts: ScriptCache,
+    pub scripts: Arc<ScriptCache>,
     commands: Arc<ArcSwap<CommandTable>>,
     journal: Option<Arc<Journal>>,
 }
@@ -204,7 +204,20 @@ impl Mirrors {
             ],
             None => [None, None],
         };
-        Mirrors { queues, scripts: ScriptCache::new(), commands, journal }
+        Mirrors { queues, scripts: Arc::new(ScriptCache::new()), commands, journal }
+    }
+
+    /// New queues towards (possibly) new backends, keeping the accounting of `old` so the
+    /// counters stay continuous across a reload. Ops already in the old queues finish there.
+    pub fn rebuild(old: &Mirrors, source: &Arc<Backend>, target: Option<&Arc<Backend>>, queue_len: usize) -> Mirrors {
+        let mut next = Mirrors::new(source, target, queue_len, old.commands.clone(), old.journal.clone());
+        for (q, prev) in next.queues.iter_mut().zip(old.queues.iter()) {
+            if let (Some(q), Some(prev)) = (q.as_mut(), prev.as_ref()) {
+                q.stats = prev.stats.clone();
+            }
+        }
+        next.scripts = old.scripts.clone();
+        next
     }
 
     /// The queue whose writes go to `side`.

@@ -1,0 +1,435 @@
+//! The control plane: every change to a running proxy, whether it comes from `proxy.yaml`
+//! (file watch, a poll that also catches Kubernetes ConfigMap symlink swaps, SIGHUP) or from
+//! the admin API, goes through [`Control`].
+//!
+//! Rules an operator can rely on:
+//! - A new file is validated whole; an invalid one is rejected, the running config stays,
+//!   and the error is logged, counted and shown in `/status`.
+//! - The latest change wins, per field. A file edit applies `cutover.percent`, `mirror.mode`
+//!   and `compare.percent` only if the file's own value for that field changed, so editing an
+//!   unrelated limit never undoes a cutover made through the API.
+//! - API changes are written to a small state file beside the config; after a restart they
+//!   still hold, unless the file changed that field since.
+
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, BackendSettings};
+use crate::client::auth::Users;
+use crate::config::{self, Config};
+use crate::proto::request::Limits;
+use crate::route::MirrorMode;
+use crate::server::{FlipReport, Policy, Proxy};
+use state::Persisted;
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeSource {
+    Startup,
+    File,
+    Api,
+}
+
+/// What `/status` shows about configuration changes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ControlStatus {
+    pub generation: u64,
+    pub last_change: LastChange,
+    pub last_reload_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    pub compare_percent: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LastChange {
+    pub source: ChangeSource,
+    pub at: String,
+    pub what: String,
+}
+
+/// Command-line flags that override the file on every load.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub source: Option<String>,
+    pub target: Option<String>,
+}
+
+struct Inner {
+    /// The file's config as last loaded successfully (with overrides applied).
+    file: Config,
+    file_digest: Option<[u8; 32]>,
+    persisted: Persisted,
+}
+
+pub struct Control {
+    pub proxy: Arc<Proxy>,
+    config_path: Option<PathBuf>,
+    state_path: Option<PathBuf>,
+    overrides: Overrides,
+    inner: tokio::sync::Mutex<Inner>,
+    status: ArcSwap<ControlStatus>,
+    /// The admin bearer token, if one is configured (reloadable).
+    token: ArcSwap<Option<String>>,
+}
+
+impl Control {
+    /// Builds the proxy from a loaded config, applies any API changes persisted in the state
+    /// file that the file has not overridden since, and returns the control plane.
+    pub fn start(config: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<Arc<Control>> {
+        let state_path = config_path.as_ref().map(|p| state::path_for(p));
+        let persisted = state_path.as_deref().map(state::load).unwrap_or_default();
+        let file_digest = config_path.as_deref().and_then(digest_file);
+
+        let source = Backend::new(backend_settings("source", &config.backends.source));
+        let target = config.backends.target.as_ref().map(|t| Backend::new(backend_settings("target", t)));
+        let journal = match &config.mirror.journal {
+            Some(path) => Some(Arc::new(
+                crate::mirror::journal::Journal::open(path.clone(), config.mirror.journal_max_bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot open repair journal {}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        // The file's values, then the persisted API values the file has not changed since.
+        let (percent, mode, compare, what) = persisted.effective(&config);
+        let routing = crate::route::Routing {
+            plan: crate::route::CutoverPlan::new(percent),
+            mirror: mode,
+            moving: None,
+            has_target: target.is_some(),
+        };
+        let proxy = Proxy::new(policy(&config), routing, source, target, config.mirror.queue_len as usize, journal);
+        if let Some(what) = &what {
+            tracing::info!(restored = %what, "applied changes made through the admin API before the restart");
+        }
+        let token = config.admin.token().map(|t| t.expose().to_string());
+        let status = ControlStatus {
+            generation: 1,
+            last_change: LastChange {
+                source: if what.is_some() { ChangeSource::Api } else { ChangeSource::Startup },
+                at: rfc3339(SystemTime::now()),
+                what: what.unwrap_or_else(|| "started".into()),
+            },
+            last_reload_error: None,
+            reloads_ok: 0,
+            reloads_error: 0,
+            compare_percent: compare,
+        };
+        proxy.metrics.config_generation.set(1);
+        Ok(Arc::new(Control {
+            proxy,
+            config_path,
+            state_path,
+            overrides,
+            inner: tokio::sync::Mutex::new(Inner { file: config, file_digest, persisted }),
+            status: ArcSwap::from_pointee(status),
+            token: ArcSwap::from_pointee(token),
+        }))
+    }
+
+    pub fn status(&self) -> Arc<ControlStatus> {
+        self.status.load_full()
+    }
+
+    /// The admin bearer token, if one is required.
+    pub fn token(&self) -> Option<String> {
+        Option::clone(&self.token.load())
+    }
+
+    /// Watches the config file: filesystem events, a poll every `poll` (which also catches
+    /// ConfigMap `..data` symlink swaps that some watchers miss), and SIGHUP.
+    pub fn watch(self: &Arc<Control>, poll: Duration) {
+        let Some(path) = self.config_path.clone() else { return };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(16);
+        // Filesystem events on the directory (a ConfigMap swaps a symlink next to the file).
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let events = tx.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = events.try_send("file event");
+            }
+        });
+        let watcher = match watcher {
+            Ok(mut w) => {
+                use notify::Watcher;
+                match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch config directory; polling only");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; polling only");
+                None
+            }
+        };
+        let ticks = tx.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(poll);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if ticks.send("poll").await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                if tx.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let control = self.clone();
+        tokio::spawn(async move {
+            let _keep = watcher;
+            while let Some(why) = rx.recv().await {
+                control.reload(why == "SIGHUP", why).await;
+            }
+        });
+    }
+
+    /// Loads the file again if it changed (or always, when `force`), validates it whole and
+    /// applies it.
+    pub async fn reload(&self, force: bool, why: &str) {
+        let Some(path) = &self.config_path else { return };
+        let mut inner = self.inner.lock().await;
+        let digest = digest_file(path);
+        if !force && digest == inner.file_digest {
+            return;
+        }
+        let loaded = Config::load(path).and_then(|mut c| {
+            let o = &self.overrides;
+            c.apply_overrides(o.listen.clone(), o.admin.clone(), o.source.clone(), o.target.clone())?;
+            Ok(c)
+        });
+        let new = match loaded {
+            Ok(c) => c,
+            Err(errors) => {
+                let text = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+                tracing::error!(trigger = why, errors = %text, "config reload rejected; keeping the running config");
+                self.proxy.metrics.reloads.with_label_values(&["error"]).inc();
+                // Remember the digest so a bad file is reported once, not every poll.
+                inner.file_digest = digest;
+                self.update_status(|s| {
+                    s.last_reload_error = Some(text.clone());
+                    s.reloads_error += 1;
+                });
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut inner.file, new.clone());
+        inner.file_digest = digest;
+        let mut what = Vec::new();
+
+        self.proxy.policy.store(Arc::new(policy(&new)));
+        self.token.store(Arc::new(new.admin.token().map(|t| t.expose().to_string())));
+        if backends_changed(&old, &new) {
+            let source = Backend::new(backend_settings("source", &new.backends.source));
+            let target = new.backends.target.as_ref().map(|t| Backend::new(backend_settings("target", t)));
+            self.proxy.replace_backends(source, target, new.mirror.queue_len as usize);
+            what.push("backends".to_string());
+        }
+        if new.mirror.mode != old.mirror.mode {
+            self.proxy.set_mirror_mode(mirror_mode(new.mirror.mode));
+            inner.persisted.mirror = None;
+            what.push(format!("mirror {:?} -> {:?}", old.mirror.mode, new.mirror.mode).to_lowercase());
+        }
+        if new.compare.percent != old.compare.percent {
+            inner.persisted.compare = None;
+            let p = new.compare.percent;
+            self.update_status(|s| s.compare_percent = p);
+            what.push(format!("compare {} -> {}", old.compare.percent, p));
+        }
+        if new.cutover.percent != old.cutover.percent {
+            inner.persisted.cutover = None;
+            let report = self.proxy.set_cutover(new.cutover.percent).await;
+            what.push(format!("cutover {} -> {}", report.from_percent, report.to_percent));
+        }
+        inner.persisted.record_file(&new);
+        self.save(&inner.persisted);
+        let what = if what.is_empty() { "config reloaded".to_string() } else { what.join(", ") };
+        tracing::info!(trigger = why, change = %what, "config reloaded");
+        self.proxy.metrics.reloads.with_label_values(&["ok"]).inc();
+        self.update_status(|s| {
+            s.generation += 1;
+            s.last_reload_error = None;
+            s.reloads_ok += 1;
+            s.last_change =
+                LastChange { source: ChangeSource::File, at: rfc3339(SystemTime::now()), what: what.clone() };
+        });
+    }
+
+    /// Moves the cutover (admin API).
+    pub async fn set_cutover(&self, percent: f64, what: &str) -> FlipReport {
+        let mut inner = self.inner.lock().await;
+        let report = self.proxy.set_cutover(percent).await;
+        inner.persisted.cutover = Some(report.to_percent);
+        self.api_changed(&mut inner, format!("{what} {} -> {}", report.from_percent, report.to_percent));
+        report
+    }
+
+    /// Changes the mirror mode (admin API).
+    pub async fn set_mirror(&self, mode: MirrorMode) {
+        let mut inner = self.inner.lock().await;
+        let from = self.proxy.routing.load().mirror;
+        self.proxy.set_mirror_mode(mode);
+        inner.persisted.mirror = Some(mode_name(mode).to_string());
+        self.api_changed(&mut inner, format!("mirror {} -> {}", mode_name(from), mode_name(mode)));
+    }
+
+    /// Changes the share of compared reads (admin API).
+    pub async fn set_compare(&self, percent: f64) {
+        let mut inner = self.inner.lock().await;
+        let from = self.status.load().compare_percent;
+        inner.persisted.compare = Some(percent);
+        self.update_status(|s| s.compare_percent = percent);
+        self.api_changed(&mut inner, format!("compare {from} -> {percent}"));
+    }
+
+    fn api_changed(&self, inner: &mut Inner, what: String) {
+        inner.persisted.record_file(&inner.file);
+        self.save(&inner.persisted);
+        tracing::info!(change = %what, "changed through the admin API");
+        self.update_status(|s| {
+            s.generation += 1;
+            s.last_change =
+                LastChange { source: ChangeSource::Api, at: rfc3339(SystemTime::now()), what: what.clone() };
+        });
+    }
+
+    fn save(&self, persisted: &Persisted) {
+        if let Some(path) = &self.state_path {
+            if let Err(e) = state::save(path, persisted) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write the state file; API changes will not survive a restart");
+            }
+        }
+    }
+
+    fn update_status(&self, f: impl Fn(&mut ControlStatus)) {
+        self.status.rcu(|s| {
+            let mut next = ControlStatus::clone(s);
+            f(&mut next);
+            next
+        });
+        self.proxy.metrics.config_generation.set(self.status.load().generation as i64);
+    }
+}
+
+fn digest_file(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+}
+
+fn backends_changed(old: &Config, new: &Config) -> bool {
+    let key = |b: &config::Backend| {
+        (
+            b.url.to_string(),
+            b.username.clone(),
+            b.password().map(|p| p.expose().to_string()),
+            b.pool_size,
+            b.connect_timeout,
+            b.command_timeout,
+            b.reconnect_backoff.min,
+            b.reconnect_backoff.max,
+        )
+    };
+    key(&old.backends.source) != key(&new.backends.source)
+        || old.backends.target.as_ref().map(key) != new.backends.target.as_ref().map(key)
+}
+
+/// How a backend section of the config becomes connection settings.
+pub fn backend_settings(name: &str, b: &config::Backend) -> BackendSettings {
+    BackendSettings {
+        name: name.into(),
+        addr: b.url.addr(),
+        db: b.url.db,
+        username: b.username.clone(),
+        password: b.password().map(|s| s.expose().to_string()),
+        pool_size: b.pool_size as usize,
+        connect_timeout: b.connect_timeout,
+        command_timeout: b.command_timeout,
+        backoff_min: b.reconnect_backoff.min,
+        backoff_max: b.reconnect_backoff.max,
+    }
+}
+
+/// What the config says about serving clients, in the form the per-command path reads.
+pub fn policy(config: &Config) -> Policy {
+    let mut users = Users::default();
+    for u in &config.auth.users {
+        if let Some(p) = u.password() {
+            users.add_password(&u.name, p.expose(), u.read_only);
+        } else if let Some(d) = u.password_sha256_digest() {
+            users.add_digest(&u.name, *d, u.read_only);
+        }
+    }
+    let l = &config.limits;
+    Policy {
+        limits: Limits { max_bulk_len: l.max_bulk_len as usize, max_array_len: l.max_array_len as usize },
+        max_clients: l.max_clients as usize,
+        idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
+        max_pipeline: l.max_pipeline as usize,
+        users,
+        allow: config.allow_commands.clone(),
+        mirror_timeout: config.mirror.timeout,
+        flip_timeout: config.cutover.flip_timeout,
+    }
+}
+
+pub fn mirror_mode(mode: config::MirrorMode) -> MirrorMode {
+    match mode {
+        config::MirrorMode::Off => MirrorMode::Off,
+        config::MirrorMode::Async => MirrorMode::Async,
+        config::MirrorMode::Sync => MirrorMode::Sync,
+    }
+}
+
+pub fn mode_name(mode: MirrorMode) -> &'static str {
+    match mode {
+        MirrorMode::Off => "off",
+        MirrorMode::Async => "async",
+        MirrorMode::Sync => "sync",
+    }
+}
+
+/// `2026-11-23T11:40:00Z`
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(1_795_434_000)), "2026-11-23T11:40:00Z");
+    }
+}
