@@ -57,6 +57,10 @@ struct RunArgs {
     /// How often the config file is checked for changes (besides file events and SIGHUP).
     #[arg(long, default_value = "2s", value_parser = config::units::parse_duration)]
     reload_poll: Duration,
+    /// Do not watch the config directory for file events (polling and SIGHUP still reload);
+    /// for hosts where inotify watches are scarce.
+    #[arg(long)]
+    no_watch: bool,
     /// How long SIGTERM waits for clients to finish what they sent.
     #[arg(long, default_value = "10s", value_parser = config::units::parse_duration)]
     drain_timeout: Duration,
@@ -137,7 +141,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
         tracing::info!(listen = %listen, admin = %admin_listen, source = %source_url, "tandem started");
 
-        control.watch(args.reload_poll);
+        control.watch(args.reload_poll, !args.no_watch);
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(tandem::admin::serve(admin, control.clone(), stop_rx.clone()));
         tokio::spawn(async move {

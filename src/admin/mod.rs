@@ -189,7 +189,7 @@ async fn post(control: &Control, path: &str, body: &[u8]) -> Response<Full<Bytes
     match path {
         "/cutover" | "/rollback" => {
             let percent = match (path, percent_field(if path == "/cutover" { "percent" } else { "to" })) {
-                (_, Err(resp)) => return resp,
+                (_, Err(msg)) => return json_error(StatusCode::BAD_REQUEST, &msg),
                 ("/cutover", Ok(None)) => {
                     return json_error(StatusCode::BAD_REQUEST, "expected {\"percent\": <number 0..100>}")
                 }
@@ -223,7 +223,7 @@ async fn post(control: &Control, path: &str, body: &[u8]) -> Response<Full<Bytes
             json(StatusCode::OK, &serde_json::json!({ "mode": mode_name(mode) }))
         }
         "/compare" => match percent_field("percent") {
-            Err(resp) => resp,
+            Err(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
             Ok(None) => json_error(StatusCode::BAD_REQUEST, "expected {\"percent\": <number 0..100>}"),
             Ok(Some(p)) => {
                 control.set_compare(p).await;

@@ -147,7 +147,7 @@ impl Control {
 
     /// Watches the config file: filesystem events, a poll every `poll` (which also catches
     /// ConfigMap `..data` symlink swaps that some watchers miss), and SIGHUP.
-    pub fn watch(self: &Arc<Control>, poll: Duration) {
+    pub fn watch(self: &Arc<Control>, poll: Duration, file_events: bool) {
         let Some(path) = self.config_path.clone() else { return };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(16);
         // Filesystem events on the directory (a ConfigMap swaps a symlink next to the file).
@@ -159,6 +159,7 @@ impl Control {
             }
         });
         let watcher = match watcher {
+            Ok(_) if !file_events => None,
             Ok(mut w) => {
                 use notify::Watcher;
                 match w.watch(&dir, notify::RecursiveMode::NonRecursive) {

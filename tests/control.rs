@@ -1,0 +1,276 @@
+//! The control plane against real servers: hot reload (file edit, ConfigMap symlink swap,
+//! SIGHUP), rejected configs, the admin API with and without its token, API changes that
+//! survive a restart, backend changes without dropped clients, and Prometheus metrics.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{http, RawConn, RedisServer, Tandem};
+
+fn yaml(source: &RedisServer, target: &RedisServer, percent: f64, extra: &str) -> String {
+    format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\ncutover:\n  percent: {percent}\n{extra}",
+        source.url(),
+        target.url()
+    )
+}
+
+/// Which backend a fresh key lands on, written through the proxy.
+fn served_by(c: &mut RawConn, source: &RedisServer, n: &mut u32) -> &'static str {
+    *n += 1;
+    let key = format!("probe:{n}");
+    c.request(&["SET", &key, "1"]);
+    if source.cli(&["EXISTS", &key]) == "1" {
+        "source"
+    } else {
+        "target"
+    }
+}
+
+fn wait_served_by(c: &mut RawConn, source: &RedisServer, want: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut n = 0;
+    support::wait_until(within, &format!("keys served by the {want}"), || {
+        // At 0% or 100% every key is on one side: three in a row settle it.
+        (0..3).all(|_| served_by(c, source, &mut n) == want)
+    });
+    started.elapsed()
+}
+
+#[test]
+fn editing_the_file_moves_the_cutover_within_seconds() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    let mut n = 0;
+    assert_eq!(served_by(&mut c, &source, &mut n), "source");
+    proxy.write_config(&yaml(&source, &target, 100.0, ""));
+    let took = wait_served_by(&mut c, &source, "target", Duration::from_secs(3));
+    eprintln!("file edit observed in routing after {took:?}");
+    let status = http::status(proxy.admin_port());
+    assert_eq!(status["last_change"]["source"], "file");
+    assert!(status["last_change"]["what"].as_str().unwrap().contains("cutover 0 -> 100"), "{status}");
+    // The client connection stayed open throughout.
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+}
+
+/// Kubernetes mounts a ConfigMap as `proxy.yaml -> ..data/proxy.yaml`, `..data -> ..<timestamp>`
+/// and updates it by swapping the `..data` symlink atomically.
+fn configmap_write(dir: &Path, version: u32, content: &str) {
+    let versioned = dir.join(format!("..2026_11_23_v{version}"));
+    std::fs::create_dir_all(&versioned).unwrap();
+    std::fs::write(versioned.join("proxy.yaml"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(versioned.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("proxy.yaml").exists() {
+        std::os::unix::fs::symlink("..data/proxy.yaml", dir.join("proxy.yaml")).unwrap();
+    }
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_picked_up() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    configmap_write(dir.path(), 1, &yaml(&source, &target, 0.0, ""));
+    let config = dir.path().join("proxy.yaml");
+    let proxy = Tandem::start(&["--config".to_string(), config.display().to_string()]);
+    let mut c = RawConn::connect(proxy.addr());
+    let mut n = 0;
+    assert_eq!(served_by(&mut c, &source, &mut n), "source");
+    configmap_write(dir.path(), 2, &yaml(&source, &target, 100.0, ""));
+    let took = wait_served_by(&mut c, &source, "target", Duration::from_secs(3));
+    eprintln!("ConfigMap swap observed in routing after {took:?}");
+}
+
+#[test]
+fn sighup_reloads_even_without_polling() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let args = ["--reload-poll".to_string(), "1h".to_string(), "--no-watch".to_string()];
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &args);
+    let mut c = RawConn::connect(proxy.addr());
+    proxy.write_config(&yaml(&source, &target, 100.0, ""));
+    // Neither a file event nor the poll can pick this up: only the signal.
+    let mut n = 0;
+    assert_eq!(served_by(&mut c, &source, &mut n), "source");
+    proxy.signal("HUP");
+    wait_served_by(&mut c, &source, "target", Duration::from_secs(3));
+}
+
+#[test]
+fn an_invalid_file_is_rejected_whole_and_the_running_config_stays() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, "mirror:\n  mode: async\n"), &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    // Broken YAML, and a file with a valid cutover next to an invalid field.
+    proxy.write_config("backends: [this is: not valid\n");
+    support::wait_until(Duration::from_secs(5), "reload error reported", || {
+        !http::status(proxy.admin_port())["last_reload_error"].is_null()
+    });
+    proxy.write_config(&yaml(&source, &target, 100.0, "mirror:\n  mode: sometimes\n"));
+    support::wait_until(Duration::from_secs(5), "second reload error reported", || {
+        http::status(proxy.admin_port())["reloads"]["error"] == 2
+    });
+    let status = http::status(proxy.admin_port());
+    assert!(status["last_reload_error"].as_str().unwrap().contains("mirror.mode"), "{status}");
+    // Nothing of the rejected file was applied.
+    let mut n = 0;
+    assert_eq!(served_by(&mut c, &source, &mut n), "source");
+    assert_eq!(status["mirror"]["mode"], "async");
+    assert_eq!(status["cutover"]["percent"], 0.0);
+    let metrics = http::get(proxy.admin_port(), "/metrics");
+    assert!(metrics.contains("tandem_config_reloads_total{result=\"error\"} 2"), "{metrics}");
+    // A good file clears the error.
+    proxy.write_config(&yaml(&source, &target, 0.0, "mirror:\n  mode: sync\n"));
+    support::wait_until(Duration::from_secs(5), "good reload", || {
+        let s = http::status(proxy.admin_port());
+        s["last_reload_error"].is_null() && s["mirror"]["mode"] == "sync"
+    });
+}
+
+#[test]
+fn admin_endpoints_require_the_token_when_one_is_set() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::builder()
+        .config(&yaml(&source, &target, 0.0, "admin:\n  token_env: TANDEM_TEST_ADMIN_TOKEN\n"))
+        .env("TANDEM_TEST_ADMIN_TOKEN", "t0ken-value")
+        .start();
+    let port = proxy.admin_port();
+    let gets = ["/status", "/metrics", "/readyz"];
+    let posts = [
+        ("/cutover", r#"{"percent": 10}"#),
+        ("/rollback", "{}"),
+        ("/mirror", r#"{"mode": "async"}"#),
+        ("/compare", r#"{"percent": 5}"#),
+    ];
+    for path in gets {
+        assert_eq!(http::request(port, "GET", path, None, None).0, 401, "GET {path} without token");
+        assert_eq!(http::request(port, "GET", path, None, Some("wrong")).0, 401, "GET {path} wrong token");
+        assert_eq!(http::request(port, "GET", path, None, Some("t0ken-value")).0, 200, "GET {path} with token");
+    }
+    for (path, body) in posts {
+        assert_eq!(http::request(port, "POST", path, Some(body), None).0, 401, "POST {path} without token");
+        let (code, out) = http::request(port, "POST", path, Some(body), Some("t0ken-value"));
+        assert_eq!(code, 200, "POST {path}: {out}");
+    }
+    // Liveness never needs the token.
+    assert_eq!(http::request(port, "GET", "/healthz", None, None).0, 200);
+    // Bad bodies say what is wrong.
+    let t = Some("t0ken-value");
+    for (path, body, needle) in [
+        ("/cutover", "{}", "percent"),
+        ("/cutover", r#"{"percent": 150}"#, "within 0..100"),
+        ("/cutover", "not json", "not valid JSON"),
+        ("/mirror", r#"{"mode": "fast"}"#, "off"),
+        ("/rollback", r#"{"to": 90}"#, "only lowers"),
+    ] {
+        let (code, out) = http::request(port, "POST", path, Some(body), t);
+        assert_eq!(code, 400, "{path} {body}: {out}");
+        assert!(out.contains(needle), "{path} {body}: {out}");
+    }
+    // The token never appears in what the API returns.
+    let status = http::request(port, "GET", "/status", None, t).1;
+    let metrics = http::request(port, "GET", "/metrics", None, t).1;
+    assert!(!status.contains("t0ken-value") && !metrics.contains("t0ken-value"));
+}
+
+#[test]
+fn an_admin_api_beyond_loopback_needs_a_token() {
+    let source = RedisServer::start();
+    let out = std::process::Command::new(support::tandem_bin())
+        .args(["run", "--source", &source.url(), "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn api_changes_survive_a_restart_unless_the_file_changed_since() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let mut proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &[]);
+    let (code, body) = http::post(proxy.admin_port(), "/cutover", r#"{"percent": 100}"#);
+    assert_eq!(code, 200, "{body}");
+    http::post(proxy.admin_port(), "/mirror", r#"{"mode": "async"}"#);
+    proxy.restart();
+    let status = http::status(proxy.admin_port());
+    assert_eq!(status["cutover"]["percent"], 100.0, "{status}");
+    assert_eq!(status["mirror"]["mode"], "async");
+    assert_eq!(status["last_change"]["source"], "api");
+
+    // Editing an unrelated field does not undo the API's cutover.
+    proxy.write_config(&yaml(&source, &target, 0.0, "limits:\n  max_clients: 500\n"));
+    support::wait_until(Duration::from_secs(5), "reload applied", || {
+        http::status(proxy.admin_port())["last_change"]["source"] == "file"
+    });
+    assert_eq!(http::status(proxy.admin_port())["cutover"]["percent"], 100.0);
+
+    // Changing the field in the file is the latest change: it wins, now and after a restart.
+    proxy.write_config(&yaml(&source, &target, 25.0, "limits:\n  max_clients: 500\n"));
+    support::wait_until(Duration::from_secs(5), "file cutover applied", || {
+        http::status(proxy.admin_port())["cutover"]["percent"] == 25.0
+    });
+    proxy.restart();
+    assert_eq!(http::status(proxy.admin_port())["cutover"]["percent"], 25.0);
+    assert_eq!(http::status(proxy.admin_port())["mirror"]["mode"], "async", "the API's mirror change still holds");
+}
+
+#[test]
+fn a_backend_url_change_moves_traffic_without_dropping_clients() {
+    let (source, target, other) = (RedisServer::start(), RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    c.request(&["SET", "before", "1"]);
+    assert_eq!(source.cli(&["GET", "before"]), "1");
+    proxy.write_config(&format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n",
+        other.url(),
+        target.url()
+    ));
+    support::wait_until(Duration::from_secs(5), "new source in use", || {
+        c.request(&["SET", "after", "1"]);
+        other.cli(&["EXISTS", "after"]) == "1"
+    });
+    // Same client connection, still served.
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+    let status = http::status(proxy.admin_port());
+    assert!(status["backends"][0]["addr"].as_str().unwrap().ends_with(&other.port().to_string()), "{status}");
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, "mirror:\n  mode: async\n"), &[]);
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = http::get(proxy.admin_port(), "/metrics");
+    let mut c = RawConn::connect(proxy.addr());
+    for i in 0..50 {
+        c.request(&["SET", &format!("k{i}"), "v"]);
+    }
+    support::wait_until(Duration::from_secs(5), "mirror applied", || {
+        value(
+            &http::get(proxy.admin_port(), "/metrics"),
+            "tandem_mirror_writes_total{backend=\"target\",outcome=\"applied\"}",
+        ) >= 50.0
+    });
+    let after = http::get(proxy.admin_port(), "/metrics");
+    // Every line is a comment or `name{labels} value`.
+    for line in after.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (name, v) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(name.starts_with("tandem_"), "{line}");
+        v.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
+    }
+    assert!(value(&after, "tandem_commands_total") >= value(&before, "tandem_commands_total") + 50.0);
+    assert_eq!(value(&after, "tandem_cutover_percent"), 0.0);
+    assert!(value(&after, "tandem_commands_served_total{backend=\"source\"}") >= 50.0);
+    assert_eq!(value(&after, "tandem_config_generation"), 1.0);
+}
