@@ -173,15 +173,13 @@ async fn post(control: &Control, path: &str, body: &[u8]) -> Response<Full<Bytes
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not valid JSON: {e}")),
         }
     };
-    let percent_field = |name: &str| -> Result<Option<f64>, Response<Full<Bytes>>> {
+    // The error is the message for a 400 reply.
+    let percent_field = |name: &str| -> Result<Option<f64>, String> {
         match parsed.get(name) {
             None => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(p) if (0.0..=100.0).contains(&p) => Ok(Some(p)),
-                _ => Err(json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("\"{name}\" must be a number within 0..100, got {v}"),
-                )),
+                _ => Err(format!("\"{name}\" must be a number within 0..100, got {v}")),
             },
         }
     };
