@@ -8,8 +8,40 @@ use prometheus::{
     TextEncoder,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::HistogramVec;
+
 use crate::mirror::Mirrors;
+use crate::proto::commands::{builtin_names, OTHER_ID};
 use crate::route::Side;
+
+/// Why a backend ran a command: to answer the client, to mirror a write, or to compare a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serving = 0,
+    Mirror = 1,
+    Compare = 2,
+}
+
+const ROLES: [&str; 3] = ["serving", "mirror", "compare"];
+const OUTCOMES: [&str; 2] = ["ok", "error"];
+
+/// Per command, backend, role and outcome: plain atomics indexed by the command's table id,
+/// so counting costs one relaxed add on the hot path. Exported at scrape time.
+struct CommandCounters {
+    names: Vec<&'static str>,
+    cells: Box<[AtomicU64]>,
+    exported: IntCounterVec,
+}
+
+impl CommandCounters {
+    fn index(&self, cmd: u16, side: Side, role: Role, error: bool) -> usize {
+        let cmd = if cmd == OTHER_ID || cmd as usize >= self.names.len() { self.names.len() } else { cmd as usize };
+        ((cmd * 2 + side.index()) * 3 + role as usize) * 2 + error as usize
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +65,8 @@ pub struct Metrics {
     pub cutover_percent: Gauge,
     mirror_writes: IntCounterVec,
     mirror_queue_depth: IntGaugeVec,
+    commands_by: CommandCounters,
+    latency: [[Histogram; 3]; 2],
     pub config_generation: IntGauge,
     pub reloads: IntCounterVec,
     pub admin_requests: IntCounterVec,
@@ -110,7 +144,32 @@ impl Metrics {
         )
         .expect("static");
         registry.register(Box::new(admin_requests.clone())).expect("metric registered once");
+        let names: Vec<&'static str> = builtin_names().collect();
+        let cells = (0..(names.len() + 1) * 2 * 3 * 2).map(|_| AtomicU64::new(0)).collect();
+        let exported = IntCounterVec::new(
+            Opts::new(
+                "backend_commands_total",
+                "Commands run by each backend, by role (serving, mirror, compare), command and outcome",
+            ),
+            &["backend", "role", "command", "outcome"],
+        )
+        .expect("static");
+        registry.register(Box::new(exported.clone())).expect("metric registered once");
+        let latency_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "backend_latency_seconds",
+                "Time from sending a command to its reply, by backend and role",
+            )
+            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            &["backend", "role"],
+        )
+        .expect("static");
+        registry.register(Box::new(latency_vec.clone())).expect("metric registered once");
+        let latency = [Side::Source, Side::Target]
+            .map(|side| ROLES.map(|role| latency_vec.with_label_values(&[side.name(), role])));
         Metrics {
+            commands_by: CommandCounters { names, cells, exported },
+            latency,
             config_generation,
             reloads,
             admin_requests,
@@ -146,6 +205,33 @@ impl Metrics {
         }
     }
 
+    /// Counts one command answered by a backend (`cmd` is the command table id).
+    pub fn record(&self, cmd: u16, side: Side, role: Role, error: bool, took: Duration) {
+        let i = self.commands_by.index(cmd, side, role, error);
+        if let Some(cell) = self.commands_by.cells.get(i) {
+            cell.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency[side.index()][role as usize].observe(took.as_secs_f64());
+    }
+
+    fn export_commands(&self) {
+        let c = &self.commands_by;
+        for (i, cell) in c.cells.iter().enumerate() {
+            let value = cell.load(Ordering::Relaxed);
+            if value == 0 {
+                continue;
+            }
+            let error = i % 2;
+            let role = (i / 2) % 3;
+            let side = (i / 6) % 2;
+            let cmd = i / 12;
+            let name = c.names.get(cmd).copied().unwrap_or("other");
+            let backend = if side == 0 { "source" } else { "target" };
+            let counter = c.exported.with_label_values(&[backend, ROLES[role], name, OUTCOMES[error]]);
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
+
     /// Brings the mirror counters up to date from the queues' own accounting.
     pub fn observe_mirrors(&self, mirrors: &Mirrors) {
         for side in [Side::Source, Side::Target] {
@@ -167,6 +253,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.export_commands();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

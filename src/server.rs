@@ -103,8 +103,11 @@ impl Proxy {
         journal: Option<Arc<crate::mirror::journal::Journal>>,
     ) -> Arc<Proxy> {
         let commands = Arc::new(ArcSwap::from_pointee(CommandTable::builtin()));
-        let mirrors = Arc::new(Mirrors::new(&source, target.as_ref(), mirror_queue_len, commands.clone(), journal));
         let metrics = Arc::new(Metrics::new());
+        let mirrors = Arc::new(
+            Mirrors::new(&source, target.as_ref(), mirror_queue_len, commands.clone(), journal)
+                .with_metrics(metrics.clone()),
+        );
         metrics.cutover_percent.set(routing.plan.percent());
         Arc::new(Proxy {
             policy: ArcSwap::from_pointee(policy),

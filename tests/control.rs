@@ -273,4 +273,14 @@ fn metrics_parse_as_prometheus_text_and_move() {
     assert_eq!(value(&after, "tandem_cutover_percent"), 0.0);
     assert!(value(&after, "tandem_commands_served_total{backend=\"source\"}") >= 50.0);
     assert_eq!(value(&after, "tandem_config_generation"), 1.0);
+    // Per backend, role, command and outcome; latency per backend and role.
+    let serving = r#"tandem_backend_commands_total{backend="source",command="set",outcome="ok",role="serving"}"#;
+    let mirror = r#"tandem_backend_commands_total{backend="target",command="set",outcome="ok",role="mirror"}"#;
+    assert_eq!(value(&after, serving), 50.0, "{after}");
+    assert_eq!(value(&after, mirror), 50.0, "{after}");
+    assert!(value(&after, r#"tandem_backend_latency_seconds_count{backend="source",role="serving"}"#) >= 50.0);
+    c.request(&["FROBNICATE"]);
+    let later = http::get(proxy.admin_port(), "/metrics");
+    let other = r#"tandem_backend_commands_total{backend="source",command="other",outcome="error",role="serving"}"#;
+    assert_eq!(value(&later, other), 1.0, "unknown commands share one label: {later}");
 }

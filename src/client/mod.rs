@@ -33,13 +33,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, Sink};
-use crate::proto::commands::{CommandInfo, Flags};
+use crate::proto::commands::{CommandInfo, Flags, OTHER_ID};
 use crate::proto::reply::{self, HelloValue, Protocol};
 use crate::proto::request::{self, Request};
 use crate::route::{MirrorMode, Routing, Side};
 use crate::server::Proxy;
 use merge::MergeKind;
-use writer::Out;
+use writer::{Out, Tag};
 
 /// Which backend connection the previous request went to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -375,7 +375,8 @@ impl Session {
         let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off).then_some(sync);
         let path = if self.pinned() || blocking { Path::Dedicated(side) } else { Path::Shared };
         proxy.metrics.served[side.index()].inc();
-        self.send(proxy, req, side, path, mirror).await
+        let cmd = info.map(|i| i.id).unwrap_or(OTHER_ID);
+        self.send(proxy, req, side, path, mirror, cmd).await
     }
 
     /// The side a Pub/Sub channel lives on: channels follow their slot like keys.
@@ -408,8 +409,10 @@ impl Session {
         side: Side,
         path: Path,
         mirror: Option<bool>,
+        cmd: u16,
     ) -> Result<Flow, Gone> {
         self.switch_path(path).await?;
+        let tag = Tag::new(cmd, side);
         let payload = req.raw().clone();
         let (client_tx, client_rx) = oneshot::channel();
         let mut mirror_rx = None;
@@ -444,7 +447,7 @@ impl Session {
                         // Its database or tracking state is gone with it: say so and close,
                         // as a direct connection to Redis would have been closed.
                         self.dedicated[side.index()] = None;
-                        self.queue(Out::Pending(client_rx)).await?;
+                        self.queue(Out::Pending(client_rx, tag)).await?;
                         return Ok(Flow::Close);
                     }
                 }
@@ -453,9 +456,9 @@ impl Session {
         match mirror_rx {
             Some(mirror) => {
                 let limit = proxy.mirror_timeout();
-                self.queue(Out::Mirrored { reply: client_rx, mirror, limit }).await
+                self.queue(Out::Mirrored { reply: client_rx, mirror, limit, tag }).await
             }
-            None => self.queue(Out::Pending(client_rx)).await,
+            None => self.queue(Out::Pending(client_rx, tag)).await,
         }
     }
 
@@ -621,6 +624,8 @@ impl Session {
         };
         let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
         proxy.metrics.served[side.index()].inc();
+        let exec_id = proxy.commands.load().lookup(&[b"exec".as_slice()]).map(|i| i.id).unwrap_or(OTHER_ID);
+        let tag = Tag::new(exec_id, side);
         match path {
             Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
             Path::Dedicated(s) => match self.ensure_dedicated(proxy, s).await {
@@ -633,8 +638,10 @@ impl Session {
             },
         }
         match mirror_rx {
-            Some(mirror) => self.queue(Out::Mirrored { reply: client_rx, mirror, limit: proxy.mirror_timeout() }).await,
-            None => self.queue(Out::Pending(client_rx)).await,
+            Some(mirror) => {
+                self.queue(Out::Mirrored { reply: client_rx, mirror, limit: proxy.mirror_timeout(), tag }).await
+            }
+            None => self.queue(Out::Pending(client_rx, tag)).await,
         }
     }
 
@@ -655,7 +662,8 @@ impl Session {
             }
         }
         self.watching = Some(side);
-        self.send(proxy, req, side, Path::Dedicated(side), None).await
+        let cmd = info.map(|i| i.id).unwrap_or(OTHER_ID);
+        self.send(proxy, req, side, Path::Dedicated(side), None, cmd).await
     }
 
     async fn unwatch(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::merge::{self, MergeKind, Part};
 use crate::backend::{BackendError, Reply};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Role};
+use crate::route::Side;
+use std::time::Instant;
 
 /// Replies larger than this are written straight from their buffer instead of being copied.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -24,11 +26,11 @@ const FLUSH_AT: usize = 64 * 1024;
 pub enum Out {
     /// A reply the proxy already has.
     Ready(Bytes),
-    /// A backend reply still to come.
-    Pending(oneshot::Receiver<Reply>),
+    /// A backend reply still to come, and what to count it as.
+    Pending(oneshot::Receiver<Reply>, Tag),
     /// A backend reply that, in sync mirror mode, is held until the mirror has applied the
     /// write too, or `limit` has passed (then it is counted as late and sent anyway).
-    Mirrored { reply: oneshot::Receiver<Reply>, mirror: oneshot::Receiver<()>, limit: std::time::Duration },
+    Mirrored { reply: oneshot::Receiver<Reply>, mirror: oneshot::Receiver<()>, limit: std::time::Duration, tag: Tag },
     /// A multi-key command split between the two backends.
     Merge { kind: MergeKind, total: usize, parts: Vec<(Vec<usize>, oneshot::Receiver<Reply>)> },
     /// Signalled when every earlier reply has been taken: the reader waits on it before it
@@ -38,6 +40,29 @@ pub enum Out {
     Pipe(OwnedReadHalf),
     /// Write what is queued, then close the connection (QUIT, protocol errors).
     Close,
+}
+
+/// Which command a pending reply answers and when it was sent, for the per-command
+/// metrics and the latency histograms.
+#[derive(Clone, Copy, Debug)]
+pub struct Tag {
+    pub cmd: u16,
+    pub side: Side,
+    pub started: Instant,
+}
+
+impl Tag {
+    pub fn new(cmd: u16, side: Side) -> Tag {
+        Tag { cmd, side, started: Instant::now() }
+    }
+
+    fn record(&self, metrics: &Metrics, reply: &Reply) {
+        let error = match reply {
+            Ok(frame) => crate::proto::reply::is_error(frame),
+            Err(_) => true,
+        };
+        metrics.record(self.cmd, self.side, Role::Serving, error, self.started.elapsed());
+    }
 }
 
 /// Runs until the reader is gone and every queued reply is written, or the client's socket
@@ -70,7 +95,7 @@ pub async fn run(
             };
             match item {
                 Out::Ready(bytes) => put(&mut wr, &mut buf, bytes).await?,
-                Out::Pending(mut reply_rx) => {
+                Out::Pending(mut reply_rx, tag) => {
                     let reply = match reply_rx.try_recv() {
                         Ok(reply) => reply,
                         Err(oneshot::error::TryRecvError::Empty) => {
@@ -79,14 +104,16 @@ pub async fn run(
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
                     };
+                    tag.record(&metrics, &reply);
                     match reply {
                         Ok(bytes) => put(&mut wr, &mut buf, bytes).await?,
                         Err(e) => buf.extend_from_slice(&e.to_resp()),
                     }
                 }
-                Out::Mirrored { reply, mirror, limit } => {
+                Out::Mirrored { reply, mirror, limit, tag } => {
                     flush(&mut wr, &mut buf).await?;
                     let reply = reply.await.unwrap_or_else(|_| Err(dropped()));
+                    tag.record(&metrics, &reply);
                     // The sender is dropped when the mirror op completes (or never entered).
                     if tokio::time::timeout(limit, mirror).await.is_err() {
                         metrics.sync_mirror_late.inc();

@@ -25,6 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, BackendError, Job, Reply, SharedConn, Sink};
+use crate::metrics::{Metrics, Role};
 use crate::proto::commands::CommandTable;
 use crate::proto::reply;
 use crate::proto::request::Request;
@@ -100,6 +101,7 @@ struct Ticket {
     expect: Option<Bytes>,
     done: Option<oneshot::Sender<()>>,
     started: Instant,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Ticket {
@@ -128,7 +130,15 @@ impl Ticket {
         if outcome != Outcome::Applied {
             self.journal_keys(outcome, &reason);
         }
-        let _ = self.started;
+        if let Some(metrics) = &self.metrics {
+            let table = self.commands.load();
+            let id = self
+                .requests
+                .first()
+                .and_then(|r| table.lookup(&r.argv()).map(|i| i.id))
+                .unwrap_or(crate::proto::commands::OTHER_ID);
+            metrics.record(id, self.side, Role::Mirror, outcome != Outcome::Applied, self.started.elapsed());
+        }
         drop(self.done);
     }
 
@@ -186,9 +196,16 @@ pub struct Mirrors {
     pub scripts: Arc<ScriptCache>,
     commands: Arc<ArcSwap<CommandTable>>,
     journal: Option<Arc<Journal>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Mirrors {
+    /// Records each mirrored write's outcome and latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Mirrors {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds a queue towards each backend when a target exists; none otherwise.
     pub fn new(
         source: &Arc<Backend>,
@@ -204,7 +221,7 @@ impl Mirrors {
             ],
             None => [None, None],
         };
-        Mirrors { queues, scripts: Arc::new(ScriptCache::new()), commands, journal }
+        Mirrors { queues, scripts: Arc::new(ScriptCache::new()), commands, journal, metrics: None }
     }
 
     /// New queues towards (possibly) new backends, keeping the accounting of `old` so the
@@ -217,6 +234,7 @@ impl Mirrors {
             }
         }
         next.scripts = old.scripts.clone();
+        next.metrics = old.metrics.clone();
         next
     }
 
@@ -330,6 +348,7 @@ impl Mirrors {
             expect,
             done,
             started: Instant::now(),
+            metrics: self.metrics.clone(),
         };
         let job = Job { payload, replies, pick, sink: Sink::Callback(Box::new(move |r| ticket.finish(r))) };
         match queue.conn.try_send(job) {

@@ -208,6 +208,18 @@ pub struct CommandInfo {
     pub flags: Flags,
     /// Where the keys are, see [`KeySpec`].
     pub keys: KeySpec,
+    /// Dense index of a built-in command (its row in the built-in table), used to count
+    /// per-command metrics without hashing; [`OTHER_ID`] for commands learned from a backend,
+    /// which keeps the metrics' label set bounded.
+    pub id: u16,
+}
+
+/// The metrics id shared by commands that are not built in.
+pub const OTHER_ID: u16 = u16::MAX;
+
+/// Names of the built-in commands, indexed by [`CommandInfo::id`].
+pub fn builtin_names() -> impl ExactSizeIterator<Item = &'static str> {
+    BUILTIN.iter().map(|row| row.0)
 }
 
 impl CommandInfo {
@@ -508,12 +520,12 @@ impl CommandTable {
             map: HashMap::with_capacity_and_hasher(BUILTIN.len(), FnvBuild::default()),
             max_name_len: 0,
         };
-        for &(name, arity, bits, keys) in BUILTIN {
+        for (id, &(name, arity, bits, keys)) in BUILTIN.iter().enumerate() {
             let mut flags = Flags::from_bits_retain(bits);
             if keys.is_special() {
                 flags |= Flags::MOVABLE_KEYS;
             }
-            table.insert(CommandInfo { name: name.into(), arity, flags, keys });
+            table.insert(CommandInfo { name: name.into(), arity, flags, keys, id: id as u16 });
         }
         table
     }
@@ -644,7 +656,13 @@ impl CommandTable {
             info.arity = doc.arity;
             info.flags = (info.flags & PROXY_FLAGS) | server | (doc.flags & Flags::RANDOM);
         } else {
-            self.insert(CommandInfo { name: name.as_str().into(), arity: doc.arity, flags: doc.flags, keys: doc.keys });
+            self.insert(CommandInfo {
+                name: name.as_str().into(),
+                arity: doc.arity,
+                flags: doc.flags,
+                keys: doc.keys,
+                id: OTHER_ID,
+            });
             added += 1;
         }
 
