@@ -134,7 +134,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             source: args.source.clone(),
             target: args.target.clone(),
         };
+        let ramp = config.ramp.clone();
         let control = Control::start(config, args.config.clone(), overrides)?;
+        control.drive_ramp(ramp.as_ref());
         let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let admin = TcpListener::bind(&admin_listen)
             .await

@@ -69,6 +69,8 @@ pub struct Metrics {
     latency: [[Histogram; 3]; 2],
     pub config_generation: IntGauge,
     pub reloads: IntCounterVec,
+    pub guardrail_rollbacks: IntCounter,
+    pub ramp_advances: IntCounter,
     pub admin_requests: IntCounterVec,
 }
 
@@ -167,7 +169,17 @@ impl Metrics {
         registry.register(Box::new(latency_vec.clone())).expect("metric registered once");
         let latency = [Side::Source, Side::Target]
             .map(|side| ROLES.map(|role| latency_vec.with_label_values(&[side.name(), role])));
+        let guardrail_rollbacks = IntCounter::new(
+            "guardrail_rollbacks_total",
+            "Automatic rollbacks of the cutover because a ramp guardrail tripped",
+        )
+        .expect("static");
+        registry.register(Box::new(guardrail_rollbacks.clone())).expect("metric registered once");
+        let ramp_advances = IntCounter::new("ramp_advances_total", "Cutover steps taken by the ramp").expect("static");
+        registry.register(Box::new(ramp_advances.clone())).expect("metric registered once");
         Metrics {
+            guardrail_rollbacks,
+            ramp_advances,
             commands_by: CommandCounters { names, cells, exported },
             latency,
             config_generation,
@@ -212,6 +224,37 @@ impl Metrics {
             cell.fetch_add(1, Ordering::Relaxed);
         }
         self.latency[side.index()][role as usize].observe(took.as_secs_f64());
+    }
+
+    /// Commands served by `side` so far, and how many of them failed (for the guardrails).
+    pub fn serving_counts(&self, side: Side) -> (u64, u64) {
+        let c = &self.commands_by;
+        let (mut total, mut errors) = (0, 0);
+        for cmd in 0..=c.names.len() {
+            for error in [false, true] {
+                let i = ((cmd * 2 + side.index()) * 3 + Role::Serving as usize) * 2 + error as usize;
+                let n = c.cells.get(i).map(|a| a.load(Ordering::Relaxed)).unwrap_or(0);
+                total += n;
+                if error {
+                    errors += n;
+                }
+            }
+        }
+        (total, errors)
+    }
+
+    /// Cumulative bucket counts of `side`'s serving latency, for windowed percentiles.
+    pub fn serving_latency_buckets(&self, side: Side) -> Vec<(f64, u64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for family in self.latency[side.index()][Role::Serving as usize].collect() {
+            for m in family.get_metric() {
+                for b in m.get_histogram().get_bucket() {
+                    out.push((b.upper_bound(), b.cumulative_count()));
+                }
+            }
+        }
+        out
     }
 
     fn export_commands(&self) {

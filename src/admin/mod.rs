@@ -160,7 +160,7 @@ pub fn status(control: &Control) -> serde_json::Value {
         },
         "mirror": { "mode": mode_name(routing.mirror), "towards": towards },
         "compare": { "percent": cs.compare_percent },
-        "ramp": serde_json::Value::Null,
+        "ramp": control.ramp_status(),
     })
 }
 

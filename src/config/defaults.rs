@@ -162,6 +162,7 @@ impl Config {
             cutover: Cutover::default(),
             mirror: Mirror::default(),
             compare: Compare::default(),
+            ramp: None,
         }
     }
 }

@@ -49,6 +49,53 @@ pub struct Config {
     /// Shadow reads comparing source and target.
     #[serde(default)]
     pub compare: Compare,
+    /// An automatic cutover ramp with guardrails (absent: no ramp).
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+}
+
+/// Steps the cutover advances through on its own while the guardrails hold.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    /// Cutover percentages, ascending, e.g. `[5, 25, 50, 100]`.
+    pub steps: Vec<f64>,
+    /// How long each step must stay healthy before the next.
+    #[serde(deserialize_with = "units::duration")]
+    pub hold: Duration,
+    /// When to roll back on its own.
+    #[serde(default)]
+    pub guardrails: Guardrails,
+}
+
+/// Health checks over a sliding window; any that trips rolls the cutover back to the last
+/// step that held.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guardrails {
+    /// Sliding window the ratios are computed over (default 60s).
+    #[serde(deserialize_with = "units::duration")]
+    pub window: Duration,
+    /// Largest share of target commands answered with an error (default 0.01).
+    pub max_target_error_ratio: f64,
+    /// Largest share of compared reads that mismatch (default 0.001).
+    pub max_mismatch_ratio: f64,
+    /// Largest target p99 latency as a multiple of the source's (default 3.0).
+    pub max_p99_ratio: f64,
+    /// Requests the window must hold before ratios are judged (default 100).
+    pub min_requests: u64,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Guardrails {
+            window: Duration::from_secs(60),
+            max_target_error_ratio: 0.01,
+            max_mismatch_ratio: 0.001,
+            max_p99_ratio: 3.0,
+            min_requests: 100,
+        }
+    }
 }
 
 /// The admin HTTP endpoint (metrics, status, cutover control).

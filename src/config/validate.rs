@@ -122,6 +122,14 @@ pub(crate) fn validate(config: &mut Config, removed: &[String], removals: Option
         c.error("mirror.journal_max_bytes", "must be at least 1");
     }
 
+    if let Some(ramp) = &config.ramp {
+        if !has_target {
+            c.error("ramp", "a ramp needs backends.target");
+        }
+        for (path, message) in crate::control::ramp::validate(&crate::control::ramp_config(ramp)) {
+            c.error(&path, &message);
+        }
+    }
     check_percent(c, "compare.percent", config.compare.percent);
     if config.compare.percent > 0.0 && !has_target {
         c.error("compare.percent", "comparing needs backends.target");

@@ -11,6 +11,7 @@
 //! - API changes are written to a small state file beside the config; after a restart they
 //!   still hold, unless the file changed that field since.
 
+pub mod ramp;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub enum ChangeSource {
     Startup,
     File,
     Api,
+    /// The automatic ramp (an advance or a guardrail rollback).
+    Ramp,
 }
 
 /// What `/status` shows about configuration changes.
@@ -80,6 +83,8 @@ pub struct Control {
     status: ArcSwap<ControlStatus>,
     /// The admin bearer token, if one is configured (reloadable).
     token: ArcSwap<Option<String>>,
+    /// The automatic ramp, when `ramp:` is configured.
+    ramp: std::sync::Mutex<Option<ramp::Ramp>>,
 }
 
 impl Control {
@@ -133,7 +138,100 @@ impl Control {
             inner: tokio::sync::Mutex::new(Inner { file: config, file_digest, persisted }),
             status: ArcSwap::from_pointee(status),
             token: ArcSwap::from_pointee(token),
+            ramp: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Starts the ramp from the config (if any) and the task that drives it: every second it
+    /// samples the target's traffic, checks the guardrails, and advances or rolls back.
+    pub fn drive_ramp(self: &Arc<Control>, config: Option<&config::Ramp>) {
+        self.set_ramp(config);
+        let control = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            let mut prev: [Vec<(f64, u64)>; 2] = [Vec::new(), Vec::new()];
+            loop {
+                interval.tick().await;
+                control.ramp_tick(&mut prev).await;
+            }
+        });
+    }
+
+    fn set_ramp(&self, config: Option<&config::Ramp>) {
+        let current = self.proxy.routing.load().plan.percent();
+        let next = config.map(|c| ramp::Ramp::new(ramp_config(c), current, std::time::Instant::now()));
+        if next.is_some() {
+            tracing::info!(steps = ?config.map(|c| &c.steps), "cutover ramp started");
+        }
+        *self.ramp.lock().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// Pauses the ramp after an operator's own change: a person is steering now.
+    fn pause_ramp(&self, why: &str) {
+        if let Some(r) = self.ramp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.pause(why);
+        }
+    }
+
+    /// The ramp's status for `/status`.
+    pub fn ramp_status(&self) -> Option<ramp::RampStatus> {
+        let unix_ms =
+            SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self.ramp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.status(std::time::Instant::now(), unix_ms))
+    }
+
+    async fn ramp_tick(&self, prev: &mut [Vec<(f64, u64)>; 2]) {
+        let metrics = &self.proxy.metrics;
+        let (target_requests, target_errors) = metrics.serving_counts(crate::route::Side::Target);
+        let mut p99 = [0.0f64; 2];
+        for side in [crate::route::Side::Source, crate::route::Side::Target] {
+            let now = metrics.serving_latency_buckets(side);
+            p99[side.index()] = windowed_p99_ms(&prev[side.index()], &now);
+            prev[side.index()] = now;
+        }
+        let sample = ramp::Sample {
+            target_requests,
+            target_errors,
+            compared: 0,
+            mismatches: 0,
+            target_p99_ms: p99[1],
+            source_p99_ms: p99[0],
+        };
+        let current = self.proxy.routing.load().plan.percent();
+        let now = std::time::Instant::now();
+        let decision = {
+            let mut guard = self.ramp.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = guard.as_mut() else { return };
+            r.observe(now, sample);
+            r.tick(now, current)
+        };
+        let (to, what) = match decision {
+            ramp::Decision::Hold | ramp::Decision::Done => return,
+            ramp::Decision::Advance { to } => {
+                metrics.ramp_advances.inc();
+                (to, format!("ramp {current} -> {to}"))
+            }
+            ramp::Decision::Rollback { to, reason } => {
+                metrics.guardrail_rollbacks.inc();
+                tracing::warn!(from = current, to, reason = %reason, "guardrail tripped: rolling the cutover back");
+                (to, format!("guardrail rollback {current} -> {to}: {reason}"))
+            }
+        };
+        let _inner = self.inner.lock().await;
+        self.proxy.set_cutover(to).await;
+        if let Some(r) = self.ramp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.advanced(std::time::Instant::now(), to);
+        }
+        tracing::info!(change = %what, "cutover changed by the ramp");
+        self.update_status(|s| {
+            s.generation += 1;
+            s.last_change =
+                LastChange { source: ChangeSource::Ramp, at: rfc3339(SystemTime::now()), what: what.clone() };
+        });
     }
 
     pub fn status(&self) -> Arc<ControlStatus> {
@@ -245,7 +343,12 @@ impl Control {
             self.proxy.replace_backends(source, target, new.mirror.queue_len as usize);
             what.push("backends".to_string());
         }
+        if new.ramp != old.ramp {
+            self.set_ramp(new.ramp.as_ref());
+            what.push("ramp".to_string());
+        }
         if new.mirror.mode != old.mirror.mode {
+            self.pause_ramp("operator changed the mirror mode in the config file");
             self.proxy.set_mirror_mode(mirror_mode(new.mirror.mode));
             inner.persisted.mirror = None;
             what.push(format!("mirror {:?} -> {:?}", old.mirror.mode, new.mirror.mode).to_lowercase());
@@ -257,6 +360,7 @@ impl Control {
             what.push(format!("compare {} -> {}", old.compare.percent, p));
         }
         if new.cutover.percent != old.cutover.percent {
+            self.pause_ramp("operator changed the cutover in the config file");
             inner.persisted.cutover = None;
             let report = self.proxy.set_cutover(new.cutover.percent).await;
             what.push(format!("cutover {} -> {}", report.from_percent, report.to_percent));
@@ -278,6 +382,7 @@ impl Control {
     /// Moves the cutover (admin API).
     pub async fn set_cutover(&self, percent: f64, what: &str) -> FlipReport {
         let mut inner = self.inner.lock().await;
+        self.pause_ramp(&format!("operator {what} through the admin API"));
         let report = self.proxy.set_cutover(percent).await;
         inner.persisted.cutover = Some(report.to_percent);
         self.api_changed(&mut inner, format!("{what} {} -> {}", report.from_percent, report.to_percent));
@@ -287,6 +392,7 @@ impl Control {
     /// Changes the mirror mode (admin API).
     pub async fn set_mirror(&self, mode: MirrorMode) {
         let mut inner = self.inner.lock().await;
+        self.pause_ramp("operator changed the mirror mode through the admin API");
         let from = self.proxy.routing.load().mirror;
         self.proxy.set_mirror_mode(mode);
         inner.persisted.mirror = Some(mode_name(mode).to_string());
@@ -329,6 +435,34 @@ impl Control {
         });
         self.proxy.metrics.config_generation.set(self.status.load().generation as i64);
     }
+}
+
+/// The ramp section of the config as the ramp state machine takes it.
+pub fn ramp_config(c: &config::Ramp) -> ramp::RampConfig {
+    ramp::RampConfig {
+        steps: c.steps.clone(),
+        hold: c.hold,
+        guardrails: ramp::Guardrails {
+            window: c.guardrails.window,
+            max_target_error_ratio: c.guardrails.max_target_error_ratio,
+            max_mismatch_ratio: c.guardrails.max_mismatch_ratio,
+            max_p99_ratio: c.guardrails.max_p99_ratio,
+            min_requests: c.guardrails.min_requests,
+        },
+    }
+}
+
+/// The 99th percentile (ms) of the observations between two readings of a cumulative
+/// histogram; 0 when there were none.
+fn windowed_p99_ms(before: &[(f64, u64)], now: &[(f64, u64)]) -> f64 {
+    let delta = |i: usize| now[i].1 - before.get(i).map(|b| b.1).unwrap_or(0).min(now[i].1);
+    let Some(last) = now.len().checked_sub(1) else { return 0.0 };
+    let total = delta(last);
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (total as f64 * 0.99).ceil() as u64;
+    (0..now.len()).find(|&i| delta(i) >= rank).map(|i| now[i].0 * 1000.0).unwrap_or(now[last].0 * 1000.0)
 }
 
 fn digest_file(path: &Path) -> Option<[u8; 32]> {
