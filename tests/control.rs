@@ -284,3 +284,28 @@ fn metrics_parse_as_prometheus_text_and_move() {
     let other = r#"tandem_backend_commands_total{backend="source",command="other",outcome="error",role="serving"}"#;
     assert_eq!(value(&later, other), 1.0, "unknown commands share one label: {later}");
 }
+
+#[test]
+fn cleanup_makes_the_target_the_only_backend_whatever_the_api_set() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let mut proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &[]);
+    http::post(proxy.admin_port(), "/mirror", r#"{"mode": "async"}"#);
+    let (code, body) = http::post(proxy.admin_port(), "/cutover", r#"{"percent": 100}"#);
+    assert_eq!(code, 200, "{body}");
+    let mut c = RawConn::connect(proxy.addr());
+    // Cleanup: the target becomes the source, mirroring off, no target.
+    proxy.write_config(&format!("backends:\n  source:\n    url: {}\n", target.url()));
+    support::wait_until(Duration::from_secs(5), "cleanup applied", || {
+        let s = http::status(proxy.admin_port());
+        s["backends"].as_array().map(|b| b.len()) == Some(1) && s["mirror"]["mode"] == "off"
+    });
+    let s = http::status(proxy.admin_port());
+    assert_eq!(s["cutover"]["percent"], 0.0, "{s}");
+    c.request(&["SET", "after-cleanup", "1"]);
+    assert_eq!(target.cli(&["GET", "after-cleanup"]), "1");
+    assert_eq!(source.cli(&["EXISTS", "after-cleanup"]), "0", "nothing reaches the old store");
+    // And a restart does not bring back the API's cutover or mirror.
+    proxy.restart();
+    let s = http::status(proxy.admin_port());
+    assert_eq!((s["cutover"]["percent"].as_f64(), s["mirror"]["mode"].as_str()), (Some(0.0), Some("off")), "{s}");
+}

@@ -340,6 +340,19 @@ impl Control {
         if backends_changed(&old, &new) {
             let source = Backend::new(backend_settings("source", &new.backends.source));
             let target = new.backends.target.as_ref().map(|t| Backend::new(backend_settings("target", t)));
+            if target.is_none() {
+                // Cleanup (the old target is now the source) or a rollback of the whole
+                // migration: with one backend there is no split and nothing to mirror to,
+                // whatever was set through the API before.
+                self.pause_ramp("the target backend was removed");
+                let mut routing = crate::route::Routing::clone(&self.proxy.routing.load_full());
+                routing.plan = crate::route::CutoverPlan::new(0.0);
+                routing.mirror = MirrorMode::Off;
+                routing.moving = None;
+                self.proxy.routing.store(Arc::new(routing));
+                self.proxy.metrics.cutover_percent.set(0.0);
+                inner.persisted = Persisted::default();
+            }
             self.proxy.replace_backends(source, target, new.mirror.queue_len as usize);
             what.push("backends".to_string());
         }

@@ -65,6 +65,10 @@ impl Persisted {
     /// restored from the API, if anything.
     pub fn effective(&self, c: &Config) -> (f64, MirrorMode, f64, Option<String>) {
         let file_mode = super::mirror_mode(c.mirror.mode);
+        if c.backends.target.is_none() {
+            // One backend: no split, nothing to mirror to.
+            return (0.0, MirrorMode::Off, c.compare.percent, None);
+        }
         let mut restored = Vec::new();
         let percent = match self.cutover {
             Some(p) if self.file_cutover == Some(c.cutover.percent) => {
