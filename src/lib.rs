@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod backend;
 pub mod client;
+pub mod compare;
 pub mod config;
 pub mod control;
 pub mod ctl;

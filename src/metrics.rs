@@ -217,6 +217,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for components that define their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Counts one command answered by a backend (`cmd` is the command table id).
     pub fn record(&self, cmd: u16, side: Side, role: Role, error: bool, took: Duration) {
         let i = self.commands_by.index(cmd, side, role, error);

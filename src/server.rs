@@ -75,6 +75,7 @@ pub struct Proxy {
     pub routing: ArcSwap<Routing>,
     pub backends: ArcSwap<BackendSet>,
     pub metrics: Arc<Metrics>,
+    pub compare: Arc<crate::compare::Comparer>,
     clients: AtomicUsize,
     next_id: AtomicU64,
     /// One cutover change at a time.
@@ -101,9 +102,12 @@ impl Proxy {
         target: Option<Arc<Backend>>,
         mirror_queue_len: usize,
         journal: Option<Arc<crate::mirror::journal::Journal>>,
+        compare: (crate::compare::CompareSettings, Option<crate::mirror::journal::Journal>),
     ) -> Arc<Proxy> {
         let commands = Arc::new(ArcSwap::from_pointee(CommandTable::builtin()));
         let metrics = Arc::new(Metrics::new());
+        let comparer =
+            Arc::new(crate::compare::Comparer::new(compare.0, compare.1, journal.clone(), metrics.registry()));
         let mirrors = Arc::new(
             Mirrors::new(&source, target.as_ref(), mirror_queue_len, commands.clone(), journal)
                 .with_metrics(metrics.clone()),
@@ -115,6 +119,7 @@ impl Proxy {
             routing: ArcSwap::from_pointee(routing),
             backends: ArcSwap::from_pointee(BackendSet { source, target, mirrors }),
             metrics,
+            compare: comparer,
             clients: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             flip_lock: tokio::sync::Mutex::new(()),

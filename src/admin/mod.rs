@@ -159,7 +159,7 @@ pub fn status(control: &Control) -> serde_json::Value {
             "flip_in_progress": routing.moving.as_ref().map(|m| m.len()),
         },
         "mirror": { "mode": mode_name(routing.mirror), "towards": towards },
-        "compare": { "percent": cs.compare_percent },
+        "compare": proxy.compare.status(),
         "ramp": control.ramp_status(),
     })
 }

@@ -48,6 +48,17 @@ enum Path {
     Dedicated(Side),
 }
 
+/// What else happens with a request besides being served.
+enum Also {
+    Nothing,
+    /// A write whose effect is mirrored; `sync`: the reply waits for the mirror.
+    Mirror {
+        sync: bool,
+    },
+    /// A sampled read compared with the other side.
+    Compare(crate::compare::Sample),
+}
+
 /// What the reader should do after a request.
 enum Flow {
     Continue,
@@ -365,18 +376,42 @@ impl Session {
         // missing the application's scripts would answer EVALSHA/FCALL with an error after
         // cutover: mirror it like a write.
         let write = flags.contains(Flags::WRITE) || is_script_management(name);
-        let sync = write && routing.mirror != MirrorMode::Off && {
-            match keys.first() {
+        let path = if self.pinned() || blocking { Path::Dedicated(side) } else { Path::Shared };
+        let also = if write && routing.has_target && routing.mirror != MirrorMode::Off {
+            let sync = match keys.first() {
                 Some(&k) => routing.sync_for(argv[k]),
                 None => routing.mirror == MirrorMode::Sync || routing.moving.is_some(),
+            };
+            Also::Mirror { sync }
+        } else if routing.has_target
+            && !write
+            && !blocking
+            && flags.contains(Flags::READONLY)
+            && proxy.compare.sampled()
+        {
+            let rule = crate::compare::rules::rule_for(name, &argv);
+            if rule == crate::compare::rules::Rule::Skip {
+                proxy.compare.count(crate::compare::Outcome::Skipped);
+                Also::Nothing
+            } else if proxy.compare.admit() {
+                Also::Compare(crate::compare::Sample {
+                    rule,
+                    command: name.to_string(),
+                    key: keys.first().map(|&k| Bytes::copy_from_slice(argv[k])),
+                    request: req.clone(),
+                    db: self.db,
+                    serving: side,
+                })
+            } else {
+                Also::Nothing
             }
+        } else {
+            Also::Nothing
         };
         drop(argv);
-        let mirror = (write && routing.has_target && routing.mirror != MirrorMode::Off).then_some(sync);
-        let path = if self.pinned() || blocking { Path::Dedicated(side) } else { Path::Shared };
         proxy.metrics.served[side.index()].inc();
         let cmd = info.map(|i| i.id).unwrap_or(OTHER_ID);
-        self.send(proxy, req, side, path, mirror, cmd).await
+        self.send(proxy, req, side, path, also, cmd).await
     }
 
     /// The side a Pub/Sub channel lives on: channels follow their slot like keys.
@@ -408,7 +443,7 @@ impl Session {
         req: Request,
         side: Side,
         path: Path,
-        mirror: Option<bool>,
+        also: Also,
         cmd: u16,
     ) -> Result<Flow, Gone> {
         self.switch_path(path).await?;
@@ -416,9 +451,9 @@ impl Session {
         let payload = req.raw().clone();
         let (client_tx, client_rx) = oneshot::channel();
         let mut mirror_rx = None;
-        let sink = match mirror {
-            None => Sink::Reply(client_tx),
-            Some(sync) => {
+        let sink = match also {
+            Also::Nothing => Sink::Reply(client_tx),
+            Also::Mirror { sync } => {
                 let done = if sync {
                     let (tx, rx) = oneshot::channel();
                     mirror_rx = Some(rx);
@@ -431,6 +466,21 @@ impl Session {
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_effect(side.other(), &req, frame, db, done);
+                    }
+                    let _ = client_tx.send(reply);
+                }))
+            }
+            Also::Compare(sample) => {
+                let comparer = proxy.compare.clone();
+                let mirrors = proxy.mirrors();
+                let serving = proxy.backend(side);
+                Sink::Callback(Box::new(move |reply| {
+                    match &reply {
+                        Ok(frame) => comparer.start(mirrors, serving, sample, frame.clone()),
+                        Err(_) => {
+                            comparer.count(crate::compare::Outcome::Error);
+                            comparer.release();
+                        }
                     }
                     let _ = client_tx.send(reply);
                 }))
@@ -663,7 +713,7 @@ impl Session {
         }
         self.watching = Some(side);
         let cmd = info.map(|i| i.id).unwrap_or(OTHER_ID);
-        self.send(proxy, req, side, Path::Dedicated(side), None, cmd).await
+        self.send(proxy, req, side, Path::Dedicated(side), Also::Nothing, cmd).await
     }
 
     async fn unwatch(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {

@@ -124,6 +124,8 @@ impl Default for Compare {
             percent: COMPARE_PERCENT,
             recheck_delay: RECHECK_DELAY,
             ttl_tolerance: TTL_TOLERANCE,
+            log: None,
+            log_max_bytes: 64 * 1024 * 1024,
             log_values: false,
         }
     }

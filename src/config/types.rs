@@ -372,4 +372,9 @@ pub struct Compare {
     pub ttl_tolerance: Duration,
     /// Put the differing values in mismatch logs (default false: keys only).
     pub log_values: bool,
+    /// Mismatch log: one JSON line per confirmed mismatch (default: none).
+    pub log: Option<PathBuf>,
+    /// Size at which the mismatch log is rotated to `<log>.1` (default 64 MiB).
+    #[serde(deserialize_with = "units::byte_size")]
+    pub log_max_bytes: u64,
 }

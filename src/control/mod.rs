@@ -112,7 +112,24 @@ impl Control {
             moving: None,
             has_target: target.is_some(),
         };
-        let proxy = Proxy::new(policy(&config), routing, source, target, config.mirror.queue_len as usize, journal);
+        let compare_log = match &config.compare.log {
+            Some(path) => Some(
+                crate::mirror::journal::Journal::open(path.clone(), config.compare.log_max_bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot open compare log {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut compare_settings = compare_settings(&config);
+        compare_settings.percent = compare;
+        let proxy = Proxy::new(
+            policy(&config),
+            routing,
+            source,
+            target,
+            config.mirror.queue_len as usize,
+            journal,
+            (compare_settings, compare_log),
+        );
         if let Some(what) = &what {
             tracing::info!(restored = %what, "applied changes made through the admin API before the restart");
         }
@@ -366,9 +383,13 @@ impl Control {
             inner.persisted.mirror = None;
             what.push(format!("mirror {:?} -> {:?}", old.mirror.mode, new.mirror.mode).to_lowercase());
         }
+        let mut settings = compare_settings(&new);
+        settings.percent = self.proxy.compare.settings().percent;
+        self.proxy.compare.set_settings(settings);
         if new.compare.percent != old.compare.percent {
             inner.persisted.compare = None;
             let p = new.compare.percent;
+            self.proxy.compare.set_percent(p);
             self.update_status(|s| s.compare_percent = p);
             what.push(format!("compare {} -> {}", old.compare.percent, p));
         }
@@ -417,6 +438,7 @@ impl Control {
         let mut inner = self.inner.lock().await;
         let from = self.status.load().compare_percent;
         inner.persisted.compare = Some(percent);
+        self.proxy.compare.set_percent(percent);
         self.update_status(|s| s.compare_percent = percent);
         self.api_changed(&mut inner, format!("compare {from} -> {percent}"));
     }
@@ -447,6 +469,15 @@ impl Control {
             next
         });
         self.proxy.metrics.config_generation.set(self.status.load().generation as i64);
+    }
+}
+
+fn compare_settings(c: &Config) -> crate::compare::CompareSettings {
+    crate::compare::CompareSettings {
+        percent: c.compare.percent,
+        recheck_delay: c.compare.recheck_delay,
+        ttl_tolerance: c.compare.ttl_tolerance,
+        log_values: c.compare.log_values,
     }
 }
 

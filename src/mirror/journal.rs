@@ -89,6 +89,11 @@ impl Journal {
             "reason": reason,
         })
         .to_string();
+        self.write_line(line);
+    }
+
+    /// Appends one line (a JSON document). Never blocks.
+    pub fn write_line(&self, line: String) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }

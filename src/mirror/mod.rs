@@ -326,17 +326,7 @@ impl Mirrors {
         requests: Vec<Request>,
         done: Option<oneshot::Sender<()>>,
     ) {
-        let base_db = queue.backend.settings().db;
-        let (payload, replies, pick) = if db == 0 {
-            (payload, count, count - 1)
-        } else {
-            // The mirror connection stays in the URL's database between ops.
-            let mut buf = BytesMut::with_capacity(payload.len() + 48);
-            buf.put(reply::command(&[b"SELECT".as_slice(), db.to_string().as_bytes()]));
-            buf.put(payload);
-            buf.put(reply::command(&[b"SELECT".as_slice(), base_db.to_string().as_bytes()]));
-            (buf.freeze(), count + 2, count)
-        };
+        let (payload, replies, pick) = wrap_db(payload, count, db, queue.backend.settings().db);
         let seq = queue.stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
         let ticket = Ticket {
             seq,
@@ -357,6 +347,23 @@ impl Mirrors {
             }
             Err(job) => {
                 job.fail(&BackendError::Overloaded { backend: queue.backend.name().clone(), what: "mirror queue" })
+            }
+        }
+    }
+
+    /// Sends a read (a compared sample) through `to`'s ordered queue, behind every write
+    /// mirrored before it. Not part of the write accounting. Returns false, without calling
+    /// `done`, when the queue is full.
+    pub fn enqueue_read(&self, to: Side, payload: Bytes, db: u32, done: Box<dyn FnOnce(Reply) + Send>) -> bool {
+        let Some(queue) = self.queue(to) else { return false };
+        let (payload, replies, pick) = wrap_db(payload, 1, db, queue.backend.settings().db);
+        let job = Job { payload, replies, pick, sink: Sink::Callback(done) };
+        match queue.conn.try_send(job) {
+            Ok(()) => true,
+            Err(job) => {
+                // Drop the callback unrun: the caller counts the skip.
+                drop(job);
+                false
             }
         }
     }
@@ -389,6 +396,20 @@ impl MirrorQueue {
     pub fn depth(&self) -> usize {
         self.conn.queued()
     }
+}
+
+/// Wraps a payload of `count` commands so it runs in database `db` on a connection that
+/// otherwise stays in `base_db`; returns the payload, the replies it produces and which one
+/// answers the wrapped command (the last of the `count`).
+pub fn wrap_db(payload: Bytes, count: u32, db: u32, base_db: u32) -> (Bytes, u32, u32) {
+    if db == 0 {
+        return (payload, count, count - 1);
+    }
+    let mut buf = BytesMut::with_capacity(payload.len() + 48);
+    buf.put(reply::command(&[b"SELECT".as_slice(), db.to_string().as_bytes()]));
+    buf.put(payload);
+    buf.put(reply::command(&[b"SELECT".as_slice(), base_db.to_string().as_bytes()]));
+    (buf.freeze(), count + 2, count)
 }
 
 /// Splits an array reply into its element frames (RESP2 or RESP3); `None` if it is not an
