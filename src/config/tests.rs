@@ -128,6 +128,16 @@ fn example_proxy_yaml_mentions_every_field() {
         "recheck_delay",
         "ttl_tolerance",
         "log_values",
+        "log_max_bytes",
+        "ramp",
+        "steps",
+        "hold",
+        "guardrails",
+        "window",
+        "max_target_error_ratio",
+        "max_mismatch_ratio",
+        "max_p99_ratio",
+        "min_requests",
     ];
     for field in fields {
         let as_key = format!("{field}:");
