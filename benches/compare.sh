@@ -31,7 +31,8 @@ MODES=(
   'off|available|source|mirror: {mode: "off"}'
   'async|available|source+target|mirror: {mode: async}'
   'sync|available|source+target|mirror: {mode: sync}'
-  'async+compare5|unavailable: shadow-read comparison is not implemented yet|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
+  'async+compare5|available|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
+  'async+compare100|available|source+target|mirror: {mode: async}\ncompare: {percent: 100}'
 )
 
 # ---------------------------------------------------------------------------------

@@ -309,3 +309,22 @@ fn cleanup_makes_the_target_the_only_backend_whatever_the_api_set() {
     let s = http::status(proxy.admin_port());
     assert_eq!((s["cutover"]["percent"].as_f64(), s["mirror"]["mode"].as_str()), (Some(0.0), Some("off")), "{s}");
 }
+
+/// Reading the config to check it for changes must not itself look like a change: an idle
+/// proxy once spun on its own file-access events.
+#[test]
+fn an_idle_proxy_watching_its_config_uses_almost_no_cpu() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let proxy = Tandem::start_config(&yaml(&source, &target, 0.0, ""), &["--reload-poll".into(), "100ms".into()]);
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu_ticks();
+    let started = std::time::Instant::now();
+    support::wait_until(Duration::from_secs(5), "2 s of idling", || started.elapsed() >= Duration::from_secs(2));
+    let used = cpu_ticks() - before;
+    // 100 ticks per second; the spin used ~110 in this window, a quiet proxy 0-3.
+    assert!(used < 30, "idle proxy used {used} CPU ticks in 2 s");
+}

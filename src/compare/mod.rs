@@ -274,6 +274,12 @@ impl Comparer {
         self.release();
     }
 
+    /// Reads compared so far and how many were confirmed mismatches (for the guardrails).
+    pub fn compared_and_mismatched(&self) -> (u64, u64) {
+        let c = |o: Outcome| self.counts[o as usize].load(Ordering::Relaxed);
+        (c(Outcome::Match) + c(Outcome::Transient) + c(Outcome::Mismatch), c(Outcome::Mismatch))
+    }
+
     /// Counters and the latest confirmed mismatches, for `/status`.
     pub fn status(&self) -> serde_json::Value {
         let c = |o: Outcome| self.counts[o as usize].load(Ordering::Relaxed);

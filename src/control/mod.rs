@@ -210,11 +210,12 @@ impl Control {
             p99[side.index()] = windowed_p99_ms(&prev[side.index()], &now);
             prev[side.index()] = now;
         }
+        let (compared, mismatches) = self.proxy.compare.compared_and_mismatched();
         let sample = ramp::Sample {
             target_requests,
             target_errors,
-            compared: 0,
-            mismatches: 0,
+            compared,
+            mismatches,
             target_p99_ms: p99[1],
             source_p99_ms: p99[0],
         };
@@ -268,8 +269,20 @@ impl Control {
         // Filesystem events on the directory (a ConfigMap swaps a symlink next to the file).
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let events = tx.clone();
+        let file_name = path.file_name().map(|n| n.to_os_string());
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            let Ok(event) = res else { return };
+            // Only changes count: reading the file (as every reload check does) raises access
+            // events, and reacting to those would make each check trigger the next.
+            if matches!(event.kind, notify::EventKind::Access(_) | notify::EventKind::Other) {
+                return;
+            }
+            // The config file itself, or a ConfigMap's `..data` symlink swap beside it.
+            let relevant = event.paths.iter().any(|p| {
+                let name = p.file_name();
+                name == file_name.as_deref() || name.and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".."))
+            });
+            if relevant {
                 let _ = events.try_send("file event");
             }
         });
