@@ -57,6 +57,11 @@ struct RunArgs {
     /// How often the config file is checked for changes (besides file events and SIGHUP).
     #[arg(long, default_value = "2s", value_parser = config::units::parse_duration)]
     reload_poll: Duration,
+    /// Where API changes are kept across restarts (default: beside the config,
+    /// `<config>.state.json`). Point it at a writable volume when the config is a read-only
+    /// ConfigMap mount.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
     /// Do not watch the config directory for file events (polling and SIGHUP still reload);
     /// for hosts where inotify watches are scarce.
     #[arg(long)]
@@ -135,7 +140,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             target: args.target.clone(),
         };
         let ramp = config.ramp.clone();
-        let control = Control::start(config, args.config.clone(), overrides)?;
+        let control = Control::start(config, args.config.clone(), args.state_file.clone(), overrides)?;
         control.drive_ramp(ramp.as_ref());
         let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let admin = TcpListener::bind(&admin_listen)

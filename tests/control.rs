@@ -77,7 +77,17 @@ fn a_configmap_symlink_swap_is_picked_up() {
     let dir = tempfile::tempdir().unwrap();
     configmap_write(dir.path(), 1, &yaml(&source, &target, 0.0, ""));
     let config = dir.path().join("proxy.yaml");
-    let proxy = Tandem::start(&["--config".to_string(), config.display().to_string()]);
+    // A ConfigMap mount is read-only: API state lives on another volume.
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("tandem-state.json");
+    let proxy = Tandem::start(&[
+        "--config".to_string(),
+        config.display().to_string(),
+        "--state-file".to_string(),
+        state.display().to_string(),
+    ]);
+    http::post(proxy.admin_port(), "/compare", r#"{"percent": 5}"#);
+    assert!(std::fs::read_to_string(&state).unwrap().contains("\"compare\": 5"), "state written to --state-file");
     let mut c = RawConn::connect(proxy.addr());
     let mut n = 0;
     assert_eq!(served_by(&mut c, &source, &mut n), "source");

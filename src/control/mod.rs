@@ -90,8 +90,13 @@ pub struct Control {
 impl Control {
     /// Builds the proxy from a loaded config, applies any API changes persisted in the state
     /// file that the file has not overridden since, and returns the control plane.
-    pub fn start(config: Config, config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<Arc<Control>> {
-        let state_path = config_path.as_ref().map(|p| state::path_for(p));
+    pub fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        state_path: Option<PathBuf>,
+        overrides: Overrides,
+    ) -> anyhow::Result<Arc<Control>> {
+        let state_path = state_path.or_else(|| config_path.as_ref().map(|p| state::path_for(p)));
         let persisted = state_path.as_deref().map(state::load).unwrap_or_default();
         let file_digest = config_path.as_deref().and_then(digest_file);
 
