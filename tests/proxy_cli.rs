@@ -9,44 +9,11 @@ use std::time::{Duration, Instant};
 
 use support::{tandem_bin, wait_until, RawConn, RedisServer, Tandem, TandemBuilder};
 
-/// Runs `cmd` with captured output, killing it (by its own PID, via the
-/// `Child` handle) and panicking if it does not finish within `timeout`.
-fn output_within(mut cmd: Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
-    let mut out_pipe = child.stdout.take().expect("stdout piped");
-    let mut err_pipe = child.stderr.take().expect("stderr piped");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{desc} did not finish within {timeout:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
-}
-
 /// `tandem check --config PATH`, bounded to 10 s; returns (exit code, stdout + stderr).
 fn tandem_check(path: &std::path::Path) -> (Option<i32>, String) {
     let mut cmd = Command::new(tandem_bin());
     cmd.arg("check").arg("--config").arg(path);
-    let out = output_within(cmd, Duration::from_secs(10));
+    let out = support::output_with_timeout(cmd, Duration::from_secs(10));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
 }

@@ -87,13 +87,15 @@ pub struct Guardrails {
 }
 
 impl Default for Guardrails {
+    /// The ramp's own defaults, so the two never disagree.
     fn default() -> Self {
+        let d = crate::control::ramp::Guardrails::default();
         Guardrails {
-            window: Duration::from_secs(60),
-            max_target_error_ratio: 0.01,
-            max_mismatch_ratio: 0.001,
-            max_p99_ratio: 3.0,
-            min_requests: 100,
+            window: d.window,
+            max_target_error_ratio: d.max_target_error_ratio,
+            max_mismatch_ratio: d.max_mismatch_ratio,
+            max_p99_ratio: d.max_p99_ratio,
+            min_requests: d.min_requests,
         }
     }
 }

@@ -28,7 +28,7 @@ mod redis_server;
 mod relay;
 mod tandem;
 
-pub use process::{process_alive, redis_cli_output};
+pub use process::{output_with_timeout, process_alive, redis_cli_output};
 pub use raw::{encode_cmd, resp_frame_len, RawConn};
 pub use redis_server::RedisServer;
 pub use relay::Relay;

@@ -73,7 +73,7 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitS
 ///
 /// std's `Command::output` has no timeout; a hung `redis-cli` (e.g. against a
 /// blackholed proxy) would otherwise hang the whole test binary.
-pub(crate) fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
