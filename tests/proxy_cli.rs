@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{tandem_bin, wait_until, RawConn, RedisServer, Tandem, TandemBuilder};
