@@ -80,6 +80,22 @@ pub struct Proxy {
     next_id: AtomicU64,
     /// One cutover change at a time.
     flip_lock: tokio::sync::Mutex<()>,
+    /// The routing generation in force, and how many commands are between reading the
+    /// routing of each generation (by parity) and queueing their job.
+    routing_generation: std::sync::atomic::AtomicU64,
+    routing_users: [AtomicUsize; 2],
+}
+
+/// Held by a command from the moment it reads the routing until its job is queued.
+pub struct RoutingGuard<'p> {
+    proxy: &'p Proxy,
+    parity: usize,
+}
+
+impl Drop for RoutingGuard<'_> {
+    fn drop(&mut self) {
+        self.proxy.routing_users[self.parity].fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a cutover change did.
@@ -123,7 +139,25 @@ impl Proxy {
             clients: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             flip_lock: tokio::sync::Mutex::new(()),
+            routing_generation: std::sync::atomic::AtomicU64::new(0),
+            routing_users: [AtomicUsize::new(0), AtomicUsize::new(0)],
         })
+    }
+
+    /// The routing for one command, registered so a flip that starts meanwhile waits until
+    /// the command's job is queued (keep the guard until then).
+    pub fn route(&self) -> (arc_swap::Guard<Arc<Routing>>, RoutingGuard<'_>) {
+        loop {
+            let generation = self.routing_generation.load(Ordering::Acquire);
+            let parity = (generation % 2) as usize;
+            self.routing_users[parity].fetch_add(1, Ordering::AcqRel);
+            let routing = self.routing.load();
+            if routing.generation == generation {
+                return (routing, RoutingGuard { proxy: self, parity });
+            }
+            // A flip moved on between the two reads: register with the new generation.
+            self.routing_users[parity].fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The backends in use now.
@@ -190,9 +224,17 @@ impl Proxy {
         if !moving.is_empty() && current.mirror != MirrorMode::Off && current.has_target {
             let mut transition = Routing::clone(&current);
             transition.moving = Some(moving.clone());
+            transition.generation = current.generation + 1;
+            let old_parity = (current.generation % 2) as usize;
             self.routing.store(Arc::new(transition));
+            self.routing_generation.store(current.generation + 1, Ordering::Release);
             let limit = self.policy.load().flip_timeout;
             let wait = async {
+                // Commands that routed with the old plan (and may not see the moving slots)
+                // are queued first, so the fence below covers them.
+                while self.routing_users[old_parity].load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 // After the fence every write sent before the change has been answered, so
                 // its effect is in a mirror queue; then wait for those queues to drain.
                 let set = self.backend_set();

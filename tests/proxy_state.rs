@@ -316,3 +316,29 @@ fn client_tracking_invalidations_reach_a_resp3_client() {
     let push = text(c.read_reply());
     assert!(push.starts_with(">2") && push.contains("invalidate") && push.contains("cached"), "{push}");
 }
+
+#[test]
+fn a_blocking_pop_left_by_a_departed_client_does_not_eat_the_next_item() {
+    let redis = RedisServer::start();
+    let yaml = format!("backends:\n  source:\n    url: {}\n    command_timeout: 300ms\n", redis.url());
+    let proxy = Tandem::start_config(&yaml, &[]);
+    {
+        let mut c = RawConn::connect(proxy.addr());
+        c.send(&support::encode_cmd(&["BLPOP", "jobs", "0"]));
+        support::wait_until(Duration::from_secs(5), "BLPOP blocked on the server", || {
+            redis.cli(&["INFO", "clients"]).contains("blocked_clients:1")
+        });
+    } // the client disconnects while blocked
+    support::wait_until(Duration::from_secs(5), "orphaned BLPOP cancelled", || {
+        redis.cli(&["INFO", "clients"]).contains("blocked_clients:0")
+    });
+    redis.cli(&["RPUSH", "jobs", "precious"]);
+    assert_eq!(redis.cli(&["LRANGE", "jobs", "0", "-1"]), "precious", "nobody consumed the item");
+    // Dedicated connections of departed clients are closed, not leaked.
+    let mut c = RawConn::connect(proxy.addr());
+    c.request(&["SELECT", "3"]);
+    drop(c);
+    support::wait_until(Duration::from_secs(5), "dedicated connection closed", || {
+        !redis.cli(&["CLIENT", "LIST"]).contains("db=3")
+    });
+}

@@ -28,7 +28,9 @@ impl DedicatedConn {
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         tokio::spawn(async move {
             // No silence limit: a BLPOP may rightly wait for as long as the client asked.
-            if let End::Failed(err) = pipeline::run(stream, &mut rx, None, &settings.name, pushes.as_ref()).await {
+            if let End::Failed(err) =
+                pipeline::run(stream, &mut rx, None, &settings.name, pushes.as_ref(), settings.command_timeout).await
+            {
                 tracing::debug!(backend = %settings.name, error = %err, "dedicated connection ended");
                 rx.close();
                 while let Ok(job) = rx.try_recv() {

@@ -74,6 +74,7 @@ pub(super) async fn run(
     silence: Option<Duration>,
     backend: &std::sync::Arc<str>,
     pushes: Option<&mpsc::UnboundedSender<bytes::Bytes>>,
+    drain_limit: Duration,
 ) -> End {
     let (mut rd, mut wr) = stream.into_split();
     let shared = Shared {
@@ -87,9 +88,16 @@ pub(super) async fn run(
         let mut out = BytesMut::with_capacity(16 * 1024);
         loop {
             let Some(job) = jobs.recv().await else {
+                // The owner let go (client gone, backend replaced). Nothing owed: close now.
+                // Replies owed: give them `drain_limit`, so writes already sent still get
+                // their mirror effect, then close; closing also cancels a blocking command
+                // whose client left, so it cannot pop an item nobody will receive.
                 shared.closing.store(true, Ordering::Release);
-                // Wait for the reader to collect the owed replies.
-                return std::future::pending::<BackendError>().await;
+                if shared.waiters().is_empty() {
+                    return None;
+                }
+                tokio::time::sleep(drain_limit).await;
+                return Some(BackendError::unavailable(backend, "connection closed with replies still owed"));
             };
             push(&shared, &mut out, job);
             while out.len() < MAX_BATCH {
@@ -99,7 +107,7 @@ pub(super) async fn run(
                 }
             }
             if let Err(e) = wr.write_all(&out).await {
-                return BackendError::unavailable(backend, format!("write: {e}"));
+                return Some(BackendError::unavailable(backend, format!("write: {e}")));
             }
             out.clear();
             if out.capacity() > 4 * MAX_BATCH {
@@ -176,7 +184,7 @@ pub(super) async fn run(
     };
 
     let outcome = tokio::select! {
-        err = writer => Err(err),
+        err = writer => err.map_or(Ok(()), Err),
         res = reader => res,
     };
     match outcome {

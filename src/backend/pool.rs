@@ -73,7 +73,16 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
                 health.set_up();
                 was_up = true;
                 backoff = settings.backoff_min;
-                match pipeline::run(stream, &mut rx, Some(settings.command_timeout), &settings.name, None).await {
+                match pipeline::run(
+                    stream,
+                    &mut rx,
+                    Some(settings.command_timeout),
+                    &settings.name,
+                    None,
+                    settings.command_timeout,
+                )
+                .await
+                {
                     End::Finished => return,
                     End::Failed(err) => err,
                 }

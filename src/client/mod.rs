@@ -333,7 +333,7 @@ impl Session {
             };
         }
 
-        let routing = proxy.routing.load();
+        let (routing, _routing_guard) = proxy.route();
         if flags.contains(Flags::SUBSCRIBE) {
             let side = self.channel_side(&routing, &req);
             drop(argv);
@@ -393,8 +393,9 @@ impl Session {
             if rule == crate::compare::rules::Rule::Skip {
                 proxy.compare.count(crate::compare::Outcome::Skipped);
                 Also::Nothing
-            } else if proxy.compare.admit() {
+            } else if let Some(slot) = proxy.compare.admit() {
                 Also::Compare(crate::compare::Sample {
+                    slot,
                     rule,
                     command: name.to_string(),
                     key: keys.first().map(|&k| Bytes::copy_from_slice(argv[k])),
@@ -477,10 +478,7 @@ impl Session {
                 Sink::Callback(Box::new(move |reply| {
                     match &reply {
                         Ok(frame) => comparer.start(mirrors, serving, sample, frame.clone()),
-                        Err(_) => {
-                            comparer.count(crate::compare::Outcome::Error);
-                            comparer.release();
-                        }
+                        Err(_) => comparer.count(crate::compare::Outcome::Error),
                     }
                     let _ = client_tx.send(reply);
                 }))
@@ -614,7 +612,7 @@ impl Session {
             self.forget_watch(proxy).await;
             return self.error("EXECABORT Transaction discarded because of previous errors.").await;
         }
-        let routing = proxy.routing.load();
+        let (routing, _routing_guard) = proxy.route();
         let table = proxy.commands.load();
         let mut side = self.watching;
         let mut write = false;
@@ -698,7 +696,7 @@ impl Session {
     /// WATCH runs on a dedicated connection to the side of its first key; the transaction
     /// that follows runs there too.
     async fn watch(&mut self, proxy: &Proxy, info: Option<&CommandInfo>, req: Request) -> Result<Flow, Gone> {
-        let routing = proxy.routing.load();
+        let (routing, _routing_guard) = proxy.route();
         let side = match (info, routing.has_target) {
             (Some(i), true) => {
                 let argv = req.argv();
@@ -839,6 +837,8 @@ impl Session {
             self.name = name;
         }
         if proto != self.proto {
+            // The new protocol uses other connections: earlier commands finish first.
+            self.barrier().await?;
             self.proto = proto;
             // Dedicated connections speak the old protocol: let them finish and open new
             // ones when needed.

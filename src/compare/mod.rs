@@ -82,8 +82,19 @@ pub struct Comparer {
     repair: Option<Arc<Journal>>,
 }
 
+/// A comparison slot taken by [`Comparer::admit`]; given back when dropped, on every path.
+pub struct Slot(Arc<Comparer>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One sampled read on its way.
 pub struct Sample {
+    /// Held for as long as the sample lives.
+    pub slot: Slot,
     pub rule: Rule,
     pub command: String,
     pub key: Option<Bytes>,
@@ -143,19 +154,14 @@ impl Comparer {
         p > 0.0 && (p >= 100.0 || fastrand::f64() * 100.0 < p)
     }
 
-    /// Takes a slot for one comparison; false (and counted as skipped) when full.
-    pub fn admit(&self) -> bool {
+    /// Takes a slot for one comparison; None (and counted as skipped) when full.
+    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.count(Outcome::Skipped);
-            return false;
+            return None;
         }
-        true
-    }
-
-    /// Gives back a slot taken by [`Comparer::admit`].
-    pub fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Some(Slot(self.clone()))
     }
 
     pub fn count(&self, outcome: Outcome) {
@@ -227,15 +233,9 @@ impl Comparer {
         let (to, db) = (sample.serving.other(), sample.db);
         let queue = mirrors.clone();
         let judge = Box::new(move |mirror_reply: Reply| match mirror_reply {
-            Err(_) => {
-                me.count(Outcome::Error);
-                me.release();
-            }
+            Err(_) => me.count(Outcome::Error),
             Ok(m) => match me.first_verdict(&sample, &serving_reply, &m) {
-                Verdict::Match => {
-                    me.count(Outcome::Match);
-                    me.release();
-                }
+                Verdict::Match => me.count(Outcome::Match),
                 Verdict::Mismatch(class) => {
                     tokio::spawn(me.clone().recheck(queue, serving, sample, class));
                 }
@@ -243,7 +243,6 @@ impl Comparer {
         });
         if !mirrors.enqueue_read(to, payload, db, judge) {
             self.count(Outcome::Skipped);
-            self.release();
         }
     }
 
@@ -271,7 +270,6 @@ impl Comparer {
                 _ => self.count(Outcome::Error),
             }
         }
-        self.release();
     }
 
     /// Reads compared so far and how many were confirmed mismatches (for the guardrails).

@@ -116,6 +116,7 @@ impl Control {
             mirror: mode,
             moving: None,
             has_target: target.is_some(),
+            generation: 0,
         };
         let compare_log = match &config.compare.log {
             Some(path) => Some(
@@ -244,8 +245,24 @@ impl Control {
                 (to, format!("guardrail rollback {current} -> {to}: {reason}"))
             }
         };
-        let _inner = self.inner.lock().await;
+        let mut inner = self.inner.lock().await;
+        // An operator may have changed the cutover (or paused the ramp) while this decision
+        // waited for the lock: the operator's change stands.
+        let still_current = self.proxy.routing.load().plan.percent() == current;
+        let still_running =
+            self.ramp.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|r| {
+                matches!(r.status(now, 0).state, ramp::RampState::Running | ramp::RampState::RolledBack)
+            });
+        if !still_current || !still_running {
+            tracing::info!(decision = %what, "ramp decision dropped: the cutover changed meanwhile");
+            return;
+        }
         self.proxy.set_cutover(to).await;
+        // Kept across restarts like an API change.
+        let inner = &mut *inner;
+        inner.persisted.cutover = Some(to);
+        inner.persisted.record_file(&inner.file);
+        self.save(&inner.persisted);
         if let Some(r) = self.ramp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             r.advanced(std::time::Instant::now(), to);
         }

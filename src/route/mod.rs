@@ -58,6 +58,9 @@ pub struct Routing {
     pub moving: Option<SlotSet>,
     /// Whether a target backend exists at all.
     pub has_target: bool,
+    /// Bumped when a flip starts; commands register the generation they routed with, so
+    /// the flip can wait for those that read the previous one (see `Proxy::route`).
+    pub generation: u64,
 }
 
 impl Routing {
