@@ -273,6 +273,27 @@ fn multi_key_commands_are_split_and_merged_across_sides() {
 }
 
 #[test]
+fn split_writes_in_sync_mode_wait_for_every_mirror() {
+    let s = setup("mirror:\n  mode: sync\n  timeout: 2s\ncutover:\n  percent: 50\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    c.request(&["PING"]);
+    s.relay.set_delay(Duration::from_millis(100));
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..20 {
+        mset.push(format!("sk{i}"));
+        mset.push(format!("v{i}"));
+    }
+    let args: Vec<&str> = mset.iter().map(|a| a.as_str()).collect();
+    assert_eq!(c.request(&args), b"+OK\r\n");
+    // Acknowledged means both stores have every key, whichever side served it.
+    for i in 0..20 {
+        let key = format!("sk{i}");
+        assert_eq!(s.source.cli(&["GET", &key]), format!("v{i}"), "{key} on source");
+        assert_eq!(s.target.cli(&["GET", &key]), format!("v{i}"), "{key} on target");
+    }
+}
+
+#[test]
 fn sync_mode_waits_for_the_mirror_and_bounds_the_wait() {
     let s = setup("mirror:\n  mode: sync\n  timeout: 1s\n");
     let mut c = RawConn::connect(s.proxy.addr());

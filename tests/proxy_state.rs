@@ -342,3 +342,27 @@ fn a_blocking_pop_left_by_a_departed_client_does_not_eat_the_next_item() {
         !redis.cli(&["CLIENT", "LIST"]).contains("db=3")
     });
 }
+
+#[test]
+fn a_lost_watch_aborts_the_transaction() {
+    let redis = RedisServer::start();
+    let proxy = proxy_for(&redis);
+    let mut c = RawConn::connect(proxy.addr());
+    c.request(&["CLIENT", "SETNAME", "watcher"]);
+    c.request(&["SET", "k", "1"]);
+    assert_eq!(c.request(&["WATCH", "k"]), b"+OK\r\n");
+    // The backend connection holding the WATCH dies (a failover, a network cut).
+    let list = redis.cli(&["CLIENT", "LIST"]);
+    let id = list
+        .lines()
+        .find(|l| l.contains("name=watcher"))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+        .expect("the dedicated connection carries the client's name")
+        .to_string();
+    redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    redis.cli(&["SET", "k", "changed-meanwhile"]);
+    c.request(&["MULTI"]);
+    c.request(&["SET", "k", "overwrite"]);
+    assert_eq!(c.request(&["EXEC"]), b"*-1\r\n", "EXEC aborts: the watch cannot be honoured");
+    assert_eq!(redis.cli(&["GET", "k"]), "changed-meanwhile");
+}

@@ -539,6 +539,11 @@ impl Session {
             positions.push(n);
         }
         let mut parts = Vec::with_capacity(2);
+        // Sync mode, or any key in a moving slot: the reply waits for every part's mirror.
+        let sync = write
+            && routing.mirror != MirrorMode::Off
+            && (routing.mirror == MirrorMode::Sync || keys.iter().any(|&k| routing.sync_for(req.arg(k))));
+        let mut mirror_waits = Vec::new();
         let path = if self.pinned() { Path::Dedicated(Side::Source) } else { Path::Shared };
         self.switch_path(path).await?;
         for side in [Side::Source, Side::Target] {
@@ -551,9 +556,14 @@ impl Session {
             let sink = if write && routing.mirror != MirrorMode::Off {
                 let mirrors = proxy.mirrors();
                 let db = self.db;
+                let done = sync.then(|| {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    mirror_waits.push(done_rx);
+                    done_tx
+                });
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
-                        mirrors.enqueue_effect(side.other(), &sub, frame, db, None);
+                        mirrors.enqueue_effect(side.other(), &sub, frame, db, done);
                     }
                     let _ = tx.send(reply);
                 }))
@@ -576,7 +586,8 @@ impl Session {
             proxy.metrics.served[side.index()].inc();
             parts.push((positions, rx));
         }
-        self.queue(Out::Merge { kind, total: keys.len(), parts }).await
+        let limit = proxy.mirror_timeout();
+        self.queue(Out::Merge { kind, total: keys.len(), parts, mirrors: mirror_waits, limit }).await
     }
 
     async fn multi(&mut self) -> Result<Flow, Gone> {
@@ -611,6 +622,15 @@ impl Session {
         if std::mem::take(&mut self.multi_poisoned) {
             self.forget_watch(proxy).await;
             return self.error("EXECABORT Transaction discarded because of previous errors.").await;
+        }
+        if let Some(s) = self.watching {
+            if !self.dedicated[s.index()].as_ref().is_some_and(|d| d.is_alive()) {
+                // The connection holding the WATCH is gone, and with it the watch: the
+                // transaction cannot know whether the keys changed, so it is aborted as a
+                // failed WATCH would abort it.
+                self.watching = None;
+                return self.reply(Bytes::from_static(b"*-1\r\n")).await;
+            }
         }
         let (routing, _routing_guard) = proxy.route();
         let table = proxy.commands.load();

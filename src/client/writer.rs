@@ -32,7 +32,14 @@ pub enum Out {
     /// write too, or `limit` has passed (then it is counted as late and sent anyway).
     Mirrored { reply: oneshot::Receiver<Reply>, mirror: oneshot::Receiver<()>, limit: std::time::Duration, tag: Tag },
     /// A multi-key command split between the two backends.
-    Merge { kind: MergeKind, total: usize, parts: Vec<(Vec<usize>, oneshot::Receiver<Reply>)> },
+    /// `mirrors`: in sync mode, each part's mirror completion, awaited up to `limit`.
+    Merge {
+        kind: MergeKind,
+        total: usize,
+        parts: Vec<(Vec<usize>, oneshot::Receiver<Reply>)>,
+        mirrors: Vec<oneshot::Receiver<()>>,
+        limit: std::time::Duration,
+    },
     /// Signalled when every earlier reply has been taken: the reader waits on it before it
     /// moves the client to another backend connection, so execution order is kept.
     Barrier(oneshot::Sender<()>),
@@ -123,11 +130,17 @@ pub async fn run(
                         Err(e) => buf.extend_from_slice(&e.to_resp()),
                     }
                 }
-                Out::Merge { kind, total, parts } => {
+                Out::Merge { kind, total, parts, mirrors, limit } => {
                     flush(&mut wr, &mut buf).await?;
                     let mut done = Vec::with_capacity(parts.len());
                     for (positions, rx) in parts {
                         done.push(Part { positions, reply: rx.await.unwrap_or_else(|_| Err(dropped())) });
+                    }
+                    let deadline = tokio::time::Instant::now() + limit;
+                    for m in mirrors {
+                        if tokio::time::timeout_at(deadline, m).await.is_err() {
+                            metrics.sync_mirror_late.inc();
+                        }
                     }
                     put(&mut wr, &mut buf, merge::merge(kind, total, done)).await?;
                 }

@@ -86,6 +86,9 @@ pub struct MirrorQueue {
     backend: Arc<Backend>,
     conn: SharedConn,
     pub stats: Arc<MirrorStats>,
+    /// Held while an op takes its sequence number and enters the queue, so sequence order
+    /// is queue order (a flip's drain relies on it). Never held across an await.
+    order: std::sync::Mutex<()>,
 }
 
 /// What the accounting callback needs to know about one mirrored op.
@@ -327,6 +330,7 @@ impl Mirrors {
         done: Option<oneshot::Sender<()>>,
     ) {
         let (payload, replies, pick) = wrap_db(payload, count, db, queue.backend.settings().db);
+        let order = queue.order.lock().unwrap_or_else(|p| p.into_inner());
         let seq = queue.stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
         let ticket = Ticket {
             seq,
@@ -341,13 +345,16 @@ impl Mirrors {
             metrics: self.metrics.clone(),
         };
         let job = Job { payload, replies, pick, sink: Sink::Callback(Box::new(move |r| ticket.finish(r))) };
-        match queue.conn.try_send(job) {
+        let refused = match queue.conn.try_send(job) {
             Ok(()) => {
                 queue.stats.queued_seq.fetch_max(seq, Ordering::AcqRel);
+                None
             }
-            Err(job) => {
-                job.fail(&BackendError::Overloaded { backend: queue.backend.name().clone(), what: "mirror queue" })
-            }
+            Err(job) => Some(job),
+        };
+        drop(order);
+        if let Some(job) = refused {
+            job.fail(&BackendError::Overloaded { backend: queue.backend.name().clone(), what: "mirror queue" });
         }
     }
 
@@ -389,7 +396,7 @@ impl Mirrors {
 impl MirrorQueue {
     fn new(side: Side, backend: Arc<Backend>, capacity: usize) -> MirrorQueue {
         let conn = backend.mirror_conn(capacity);
-        MirrorQueue { side, backend, conn, stats: Arc::new(MirrorStats::default()) }
+        MirrorQueue { side, backend, conn, stats: Arc::new(MirrorStats::default()), order: std::sync::Mutex::new(()) }
     }
 
     /// Ops waiting to be written to the mirror.
