@@ -479,3 +479,19 @@ fn keyless_commands_go_to_the_source_and_flushes_are_mirrored() {
     assert_eq!(mirror_stats(&s, "source")["enqueued"], 1);
     assert_eq!(mirror_stats(&s, "target")["enqueued"], 1);
 }
+
+#[test]
+fn client_tracking_covers_keys_on_both_sides() {
+    let s = setup("cutover:\n  percent: 50\n");
+    let plan = CutoverPlan::new(50.0);
+    let key = (0..100).map(|i| format!("cached:{i}")).find(|k| plan.side(slot(k.as_bytes())) == Side::Target).unwrap();
+    let mut c = RawConn::connect(s.proxy.addr());
+    c.request(&["HELLO", "3"]);
+    assert_eq!(c.request(&["CLIENT", "TRACKING", "ON"]), b"+OK\r\n");
+    c.request(&["SET", &key, "1"]);
+    assert_eq!(c.request(&["GET", &key]), b"$1\r\n1\r\n");
+    // Another client changes the key, which lives on the target.
+    RawConn::connect(s.proxy.addr()).request(&["SET", &key, "2"]);
+    let push = text(c.read_reply());
+    assert!(push.starts_with(">2") && push.contains("invalidate") && push.contains(&key), "{push}");
+}

@@ -20,11 +20,14 @@ pub struct Handshake {
     pub db: Option<u32>,
     /// `CLIENT SETNAME` value, if the client set one.
     pub name: Option<bytes::Bytes>,
+    /// The client's `CLIENT TRACKING ON ...` command, replayed so keys served by either
+    /// backend send invalidations.
+    pub tracking: Option<bytes::Bytes>,
 }
 
 impl Handshake {
     pub fn pooled(proto: Protocol) -> Handshake {
-        Handshake { proto, db: None, name: None }
+        Handshake { proto, db: None, name: None, tracking: None }
     }
 }
 
@@ -65,6 +68,10 @@ pub(super) async fn connect(
     }
     if let Some(n) = &hs.name {
         out.put(reply::command(&[b"CLIENT".as_slice(), b"SETNAME", n]));
+        expected += 1;
+    }
+    if let Some(t) = &hs.tracking {
+        out.put(t.clone());
         expected += 1;
     }
 

@@ -81,6 +81,8 @@ struct Session {
     /// The side whose dedicated connection holds the client's WATCH, if any.
     watching: Option<Side>,
     tracking: bool,
+    /// The `CLIENT TRACKING ON ...` command, replayed on every dedicated connection.
+    tracking_cmd: Option<Bytes>,
     last_path: Path,
     dedicated: [Option<DedicatedConn>; 2],
     /// Pub/Sub pass-through: requests are written here as they are.
@@ -110,6 +112,7 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
         multi_poisoned: false,
         watching: None,
         tracking: false,
+        tracking_cmd: None,
         last_path: Path::Shared,
         dedicated: [None, None],
         pipe: None,
@@ -232,7 +235,12 @@ impl Session {
     }
 
     fn handshake(&self) -> Handshake {
-        Handshake { proto: self.proto, db: (self.db != 0).then_some(self.db), name: self.name.clone() }
+        Handshake {
+            proto: self.proto,
+            db: (self.db != 0).then_some(self.db),
+            name: self.name.clone(),
+            tracking: self.tracking_cmd.clone(),
+        }
     }
 
     fn backend(&self, proxy: &Proxy, side: Side) -> Arc<Backend> {
@@ -341,6 +349,15 @@ impl Session {
         }
         if name == "client|tracking" {
             self.tracking = !req.arg_is(2, "off");
+            // New dedicated connections replay it; the one on the side that does not serve
+            // this (keyless) command gets it now, so keys on both sides send invalidations.
+            self.tracking_cmd = self.tracking.then(|| req.raw().clone());
+            let hs = self.handshake();
+            let other = routing.keyless_side().other();
+            if let Some(conn) = &mut self.dedicated[other.index()] {
+                *conn.handshake_mut() = hs;
+                let _ = conn.send(Job::discard(req.raw().clone())).await;
+            }
         } else if matches!(name, "client|caching" | "client|no-evict" | "client|no-touch") {
             self.tracking = true;
         }
