@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,6 @@ fn tandem_check(path: &std::path::Path) -> (Option<i32>, String) {
     let out = support::output_with_timeout(cmd, Duration::from_secs(10));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
-}
-
-/// A tiny HTTP GET for the admin endpoints; returns the whole response
-/// (status line, headers and body).
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("cannot connect to admin port {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap_or_else(|e| panic!("reading GET {path} from admin port {port}: {e}"));
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
@@ -136,12 +122,12 @@ fn backend_password_comes_from_env_and_never_leaks() {
     assert_eq!(c.request(&["BLPOP", "q", "1"]), b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
 
     t.wait_for_log("command table refreshed", Duration::from_secs(10));
-    let status = http_get(t.admin_port(), "/status");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (code, status) = support::http::request(t.admin_port(), "GET", "/status", None, None);
+    assert_eq!(code, 200, "{status}");
     assert!(status.contains("\"up\": true"), "{status}");
-    let metrics = http_get(t.admin_port(), "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    let readyz = http_get(t.admin_port(), "/readyz");
+    let (code, metrics) = support::http::request(t.admin_port(), "GET", "/metrics", None, None);
+    assert_eq!(code, 200, "{metrics}");
+    let readyz = support::http::get(t.admin_port(), "/readyz");
     let log = t.log();
     for (what, text) in [("tandem log", &log), ("/status", &status), ("/metrics", &metrics), ("/readyz", &readyz)] {
         assert!(!text.contains(SECRET), "{what} leaks the password:\n{text}");

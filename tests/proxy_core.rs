@@ -171,7 +171,7 @@ fn command_table_is_refreshed_from_the_backend() {
     let redis = RedisServer::start();
     let proxy = proxy_for(&redis);
     proxy.wait_for_log("command table refreshed", Duration::from_secs(10));
-    let metrics = http_get(proxy.admin_port(), "/metrics");
+    let metrics = support::http::get(proxy.admin_port(), "/metrics");
     assert!(metrics.contains("tandem_command_table_refresh_total{backend=\"source\",result=\"ok\"} 1"), "{metrics}");
 }
 
@@ -193,15 +193,4 @@ fn redis_benchmark_through_the_proxy_has_no_errors() {
         assert!(text.contains(test), "{test} missing from: {text}");
     }
     assert!(started.elapsed() < Duration::from_secs(120));
-}
-
-/// A tiny HTTP GET for the admin endpoints.
-pub fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }

@@ -54,27 +54,9 @@ fn fresh_connection_served(addr: &str) -> bool {
     matches!(c.try_read_reply(), Ok(r) if r == b"+PONG\r\n")
 }
 
-/// GET on an admin endpoint; returns the body (status must be 200).
-fn admin_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("cannot connect to admin port {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let out = text(&out);
-    assert!(out.starts_with("HTTP/1.1 200"), "GET {path}: {out}");
-    match out.split_once("\r\n\r\n") {
-        Some((_, body)) => body.to_string(),
-        None => panic!("GET {path}: no body in {out}"),
-    }
-}
-
 /// Number of connected clients according to the admin `/status` endpoint.
 fn client_count(admin_port: u16) -> u64 {
-    let body = admin_get(admin_port, "/status");
+    let body = support::http::get(admin_port, "/status");
     let v: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"));
     v["clients"].as_u64().unwrap_or_else(|| panic!("/status has no clients count: {body}"))
