@@ -78,105 +78,135 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("tandem".into()), None).expect("static prefix is valid");
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
-            c
+            register(&registry, IntCounter::new(name, help).expect("static metric definition"))
         };
-        let client_connections = IntGauge::new("client_connections", "Client connections open now").expect("static");
-        registry.register(Box::new(client_connections.clone())).expect("metric registered once");
-        let backend_up =
+        let client_connections =
+            register(&registry, IntGauge::new("client_connections", "Client connections open now").expect("static"));
+        let backend_up = register(
+            &registry,
             IntGaugeVec::new(Opts::new("backend_up", "1 if the backend's pooled connections are up"), &["backend"])
-                .expect("static");
-        registry.register(Box::new(backend_up.clone())).expect("metric registered once");
-        let command_table_refresh = IntCounterVec::new(
-            Opts::new("command_table_refresh_total", "Command table refreshes from a backend's COMMAND reply"),
-            &["backend", "result"],
-        )
-        .expect("static");
-        registry.register(Box::new(command_table_refresh.clone())).expect("metric registered once");
-        let served_vec = IntCounterVec::new(
-            Opts::new("commands_served_total", "Commands served, by the backend that served them"),
-            &["backend"],
-        )
-        .expect("static");
-        registry.register(Box::new(served_vec.clone())).expect("metric registered once");
-        let flips = IntCounterVec::new(
-            Opts::new(
-                "flips_total",
-                "Cutover changes, by result (ok: backlog drained; timeout: swapped at flip_timeout)",
-            ),
-            &["result"],
-        )
-        .expect("static");
-        registry.register(Box::new(flips.clone())).expect("metric registered once");
-        let flip_wait = Histogram::with_opts(
-            HistogramOpts::new("flip_wait_seconds", "How long a cutover change waited for the mirror backlog")
-                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )
-        .expect("static");
-        registry.register(Box::new(flip_wait.clone())).expect("metric registered once");
-        let cutover_percent =
-            Gauge::new("cutover_percent", "Share of hash slots served by the target").expect("static");
-        registry.register(Box::new(cutover_percent.clone())).expect("metric registered once");
-        let mirror_writes = IntCounterVec::new(
-            Opts::new("mirror_writes_total", "Mirrored writes by destination backend and outcome"),
-            &["backend", "outcome"],
-        )
-        .expect("static");
-        registry.register(Box::new(mirror_writes.clone())).expect("metric registered once");
-        let mirror_queue_depth = IntGaugeVec::new(
-            Opts::new("mirror_queue_depth", "Mirrored writes waiting to be sent, by destination backend"),
-            &["backend"],
-        )
-        .expect("static");
-        registry.register(Box::new(mirror_queue_depth.clone())).expect("metric registered once");
-        let config_generation =
+                .expect("static"),
+        );
+        let command_table_refresh = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("command_table_refresh_total", "Command table refreshes from a backend's COMMAND reply"),
+                &["backend", "result"],
+            )
+            .expect("static"),
+        );
+        let served_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("commands_served_total", "Commands served, by the backend that served them"),
+                &["backend"],
+            )
+            .expect("static"),
+        );
+        let flips = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "flips_total",
+                    "Cutover changes, by result (ok: backlog drained; timeout: swapped at flip_timeout)",
+                ),
+                &["result"],
+            )
+            .expect("static"),
+        );
+        let flip_wait = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("flip_wait_seconds", "How long a cutover change waited for the mirror backlog")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("static"),
+        );
+        let cutover_percent = register(
+            &registry,
+            Gauge::new("cutover_percent", "Share of hash slots served by the target").expect("static"),
+        );
+        let mirror_writes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("mirror_writes_total", "Mirrored writes by destination backend and outcome"),
+                &["backend", "outcome"],
+            )
+            .expect("static"),
+        );
+        let mirror_queue_depth = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("mirror_queue_depth", "Mirrored writes waiting to be sent, by destination backend"),
+                &["backend"],
+            )
+            .expect("static"),
+        );
+        let config_generation = register(
+            &registry,
             IntGauge::new("config_generation", "Configuration generation (bumps on every applied change)")
-                .expect("static");
-        registry.register(Box::new(config_generation.clone())).expect("metric registered once");
-        let reloads = IntCounterVec::new(
-            Opts::new("config_reloads_total", "Config file reloads, by result (ok, error: rejected and kept the old)"),
-            &["result"],
-        )
-        .expect("static");
-        registry.register(Box::new(reloads.clone())).expect("metric registered once");
-        let admin_requests = IntCounterVec::new(
-            Opts::new("admin_requests_total", "Admin API requests by endpoint and status code"),
-            &["endpoint", "code"],
-        )
-        .expect("static");
-        registry.register(Box::new(admin_requests.clone())).expect("metric registered once");
+                .expect("static"),
+        );
+        let reloads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "config_reloads_total",
+                    "Config file reloads, by result (ok, error: rejected and kept the old)",
+                ),
+                &["result"],
+            )
+            .expect("static"),
+        );
+        let admin_requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("admin_requests_total", "Admin API requests by endpoint and status code"),
+                &["endpoint", "code"],
+            )
+            .expect("static"),
+        );
         let names: Vec<&'static str> = builtin_names().collect();
         let cells = (0..(names.len() + 1) * 2 * 3 * 2).map(|_| AtomicU64::new(0)).collect();
-        let exported = IntCounterVec::new(
-            Opts::new(
-                "backend_commands_total",
-                "Commands run by each backend, by role (serving, mirror, compare), command and outcome",
-            ),
-            &["backend", "role", "command", "outcome"],
-        )
-        .expect("static");
-        registry.register(Box::new(exported.clone())).expect("metric registered once");
-        let latency_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "backend_latency_seconds",
-                "Time from sending a command to its reply, by backend and role",
+        let exported = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "backend_commands_total",
+                    "Commands run by each backend, by role (serving, mirror, compare), command and outcome",
+                ),
+                &["backend", "role", "command", "outcome"],
             )
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
-            &["backend", "role"],
-        )
-        .expect("static");
-        registry.register(Box::new(latency_vec.clone())).expect("metric registered once");
+            .expect("static"),
+        );
+        let latency_vec = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "backend_latency_seconds",
+                    "Time from sending a command to its reply, by backend and role",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+                &["backend", "role"],
+            )
+            .expect("static"),
+        );
         let latency = [Side::Source, Side::Target]
             .map(|side| ROLES.map(|role| latency_vec.with_label_values(&[side.name(), role])));
-        let guardrail_rollbacks = IntCounter::new(
-            "guardrail_rollbacks_total",
-            "Automatic rollbacks of the cutover because a ramp guardrail tripped",
-        )
-        .expect("static");
-        registry.register(Box::new(guardrail_rollbacks.clone())).expect("metric registered once");
-        let ramp_advances = IntCounter::new("ramp_advances_total", "Cutover steps taken by the ramp").expect("static");
-        registry.register(Box::new(ramp_advances.clone())).expect("metric registered once");
+        let guardrail_rollbacks = register(
+            &registry,
+            IntCounter::new(
+                "guardrail_rollbacks_total",
+                "Automatic rollbacks of the cutover because a ramp guardrail tripped",
+            )
+            .expect("static"),
+        );
+        let ramp_advances = register(
+            &registry,
+            IntCounter::new("ramp_advances_total", "Cutover steps taken by the ramp").expect("static"),
+        );
         Metrics {
             guardrail_rollbacks,
             ramp_advances,
@@ -306,6 +336,12 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Registers a metric and hands it back, so definitions read as one expression.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+    metric
 }
 
 impl Default for Metrics {
