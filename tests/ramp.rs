@@ -36,7 +36,7 @@ fn config(source: &RedisServer, target: &RedisServer, ramp: &str) -> String {
 #[test]
 fn the_ramp_walks_its_steps_while_healthy() {
     let (source, target) = (RedisServer::start(), RedisServer::start());
-    let ramp = "ramp:\n  steps: [25, 50, 100]\n  hold: 1s\n  guardrails:\n    window: 5s\n    min_requests: 10\n";
+    let ramp = "ramp:\n  steps: [25, 50, 100]\n  hold: 1s\n  guardrails:\n    window: 5s\n    min_requests: 10\n    max_p99_ratio: 1000\n";
     let proxy = Tandem::start_config(&config(&source, &target, ramp), &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(proxy.addr(), stop.clone());
@@ -55,7 +55,7 @@ fn the_ramp_walks_its_steps_while_healthy() {
 #[test]
 fn a_guardrail_trips_when_the_target_fails_and_the_cutover_goes_back() {
     let (source, mut target) = (RedisServer::start(), RedisServer::start());
-    let ramp = "ramp:\n  steps: [50, 100]\n  hold: 10m\n  guardrails:\n    window: 3s\n    max_target_error_ratio: 0.05\n    min_requests: 20\n";
+    let ramp = "ramp:\n  steps: [50, 100]\n  hold: 10m\n  guardrails:\n    window: 3s\n    max_target_error_ratio: 0.05\n    min_requests: 20\n    max_p99_ratio: 1000\n";
     let proxy = Tandem::start_config(&config(&source, &target, ramp), &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(proxy.addr(), stop.clone());
@@ -83,7 +83,7 @@ fn a_guardrail_trips_when_the_target_fails_and_the_cutover_goes_back() {
 #[test]
 fn an_operator_change_pauses_the_ramp() {
     let (source, target) = (RedisServer::start(), RedisServer::start());
-    let ramp = "ramp:\n  steps: [25, 50, 100]\n  hold: 1s\n  guardrails:\n    window: 5s\n    min_requests: 10\n";
+    let ramp = "ramp:\n  steps: [25, 50, 100]\n  hold: 1s\n  guardrails:\n    window: 5s\n    min_requests: 10\n    max_p99_ratio: 1000\n";
     let proxy = Tandem::start_config(&config(&source, &target, ramp), &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(proxy.addr(), stop.clone());

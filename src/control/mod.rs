@@ -172,10 +172,10 @@ impl Control {
         let control = self.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
-            let mut prev: [Vec<(f64, u64)>; 2] = [Vec::new(), Vec::new()];
+            let mut history = LatencyHistory::default();
             loop {
                 interval.tick().await;
-                control.ramp_tick(&mut prev).await;
+                control.ramp_tick(&mut history).await;
             }
         });
     }
@@ -207,15 +207,14 @@ impl Control {
             .map(|r| r.status(std::time::Instant::now(), unix_ms))
     }
 
-    async fn ramp_tick(&self, prev: &mut [Vec<(f64, u64)>; 2]) {
+    async fn ramp_tick(&self, history: &mut LatencyHistory) {
         let metrics = &self.proxy.metrics;
         let (target_requests, target_errors) = metrics.serving_counts(crate::route::Side::Target);
-        let mut p99 = [0.0f64; 2];
-        for side in [crate::route::Side::Source, crate::route::Side::Target] {
-            let now = metrics.serving_latency_buckets(side);
-            p99[side.index()] = windowed_p99_ms(&prev[side.index()], &now);
-            prev[side.index()] = now;
-        }
+        // The guardrail judges p99 over its whole window, not the last second's few samples.
+        let window = self.inner.lock().await.file.ramp.as_ref().map(|r| r.guardrails.window).unwrap_or_default();
+        let now_readings =
+            [crate::route::Side::Source, crate::route::Side::Target].map(|side| metrics.serving_latency_buckets(side));
+        let p99 = history.p99_over(window, now_readings);
         let (compared, mismatches) = self.proxy.compare.compared_and_mismatched();
         let sample = ramp::Sample {
             target_requests,
@@ -531,6 +530,32 @@ pub fn ramp_config(c: &config::Ramp) -> ramp::RampConfig {
     }
 }
 
+/// Cumulative latency histogram readings (source, target) taken each ramp tick, kept for
+/// one guardrail window so p99 can be computed over the window.
+#[derive(Default)]
+struct LatencyHistory {
+    readings: std::collections::VecDeque<(std::time::Instant, [Buckets; 2])>,
+}
+
+/// A cumulative histogram reading: (upper bound in seconds, count at or below it).
+type Buckets = Vec<(f64, u64)>;
+
+impl LatencyHistory {
+    /// Records `now` and returns the p99 (ms) of source and target over the last `window`.
+    fn p99_over(&mut self, window: Duration, now: [Buckets; 2]) -> [f64; 2] {
+        let at = std::time::Instant::now();
+        while self.readings.len() > 1 && self.readings.get(1).is_some_and(|(t, _)| at.duration_since(*t) >= window) {
+            self.readings.pop_front();
+        }
+        let p99 = match self.readings.front() {
+            Some((_, oldest)) => [windowed_p99_ms(&oldest[0], &now[0]), windowed_p99_ms(&oldest[1], &now[1])],
+            None => [0.0, 0.0],
+        };
+        self.readings.push_back((at, now));
+        p99
+    }
+}
+
 /// The 99th percentile (ms) of the observations between two readings of a cumulative
 /// histogram; 0 when there were none.
 fn windowed_p99_ms(before: &[(f64, u64)], now: &[(f64, u64)]) -> f64 {
@@ -640,6 +665,22 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p99_is_computed_over_the_whole_window() {
+        let mut h = LatencyHistory::default();
+        let reading = |fast: u64, slow: u64| vec![(0.001, fast), (0.1, fast + slow)];
+        // First reading: nothing to compare against yet.
+        assert_eq!(h.p99_over(Duration::from_secs(60), [reading(0, 0), reading(0, 0)]), [0.0, 0.0]);
+        // 1000 fast requests, then one slow one: over the window, p99 is still fast.
+        h.p99_over(Duration::from_secs(60), [reading(1000, 0), reading(1000, 0)]);
+        let p = h.p99_over(Duration::from_secs(60), [reading(1000, 0), reading(1000, 1)]);
+        assert_eq!(p, [1.0, 1.0], "over the window, one slow request in 1001 leaves p99 in the 1 ms bucket");
+        // A zero-length window only looks at the latest step: the slow request dominates.
+        let mut short = LatencyHistory::default();
+        short.p99_over(Duration::ZERO, [reading(1000, 0), reading(1000, 0)]);
+        assert_eq!(short.p99_over(Duration::ZERO, [reading(1000, 0), reading(1000, 1)])[1], 100.0);
+    }
 
     #[test]
     fn rfc3339_formats_utc() {
