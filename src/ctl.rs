@@ -87,6 +87,22 @@ pub enum CtlAction {
     Compare { percent: f64 },
 }
 
+/// Fetches a running proxy's `/status` document, resolving the admin address and token the way
+/// `tandem ctl` does (`admin`, then `admin.listen` and the token from `config`, then the
+/// defaults). Used by tools that must act on the live cutover (`tandem repair`).
+pub fn fetch_status(config: Option<PathBuf>, admin: Option<String>) -> Result<Value, String> {
+    let args = CtlArgs { admin, config, token_env: None, token_file: None, json: true, action: CtlAction::Status };
+    let target = Target::resolve(&args)?;
+    let reply = exchange(&target, "GET", "/status", None).map_err(|e| match e {
+        Failure::Unreachable(e) => format!("cannot reach the admin API at {}: {e}", target.addr),
+        Failure::Exchange(e) => format!("GET /status from {}: {e}", target.addr),
+    })?;
+    if reply.status != 200 {
+        return Err(format!("GET /status from {}: {}", target.addr, describe_error(&reply)));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| format!("GET /status from {}: invalid JSON: {e}", target.addr))
+}
+
 /// Runs one `tandem ctl` command and returns the process exit status.
 pub fn run(args: CtlArgs) -> ExitCode {
     let call = match Call::new(&args.action) {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod metrics;
+pub mod migrate;
 pub mod mirror;
 pub mod proto;
 pub mod route;

@@ -1,4 +1,5 @@
-//! The `tandem` command line: run the proxy, check a config.
+//! The `tandem` command line: run the proxy, check a config, talk to a running proxy, and the
+//! migration tools (backfill, verify, repair).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,13 @@ enum Command {
     },
     /// Talk to a running proxy's admin API: status, cutover, rollback, mirror, compare.
     Ctl(tandem::ctl::CtlArgs),
+    /// Copy the keys that already exist on the source to the target, with their TTLs, never
+    /// overwriting what live mirroring wrote.
+    Backfill(tandem::migrate::backfill::BackfillArgs),
+    /// Compare both keyspaces (type, value, TTL); exit 1 when they differ.
+    Verify(tandem::migrate::verify::VerifyArgs),
+    /// Re-copy the keys a verify report or repair journal lists, from the side serving them.
+    Repair(tandem::migrate::repair::RepairArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +84,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Ctl(args) => tandem::ctl::run(args),
+        Command::Backfill(args) => {
+            init_logging("info", false);
+            tandem::migrate::backfill::run(args)
+        }
+        Command::Verify(args) => {
+            init_logging("warn", false);
+            tandem::migrate::verify::run(args)
+        }
+        Command::Repair(args) => {
+            init_logging("info", false);
+            tandem::migrate::repair::run(args)
+        }
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -194,6 +214,8 @@ fn init_logging(level: &str, json: bool) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in log files or collectors.
+    let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {

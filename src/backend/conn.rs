@@ -33,10 +33,7 @@ impl Handshake {
 
 /// Connects and performs the handshake. Returns the stream and the server version the
 /// backend reported, if it did.
-pub(super) async fn connect(
-    settings: &BackendSettings,
-    hs: &Handshake,
-) -> Result<(TcpStream, Option<String>), BackendError> {
+pub async fn connect(settings: &BackendSettings, hs: &Handshake) -> Result<(TcpStream, Option<String>), BackendError> {
     let name = &settings.name;
     let mut stream = match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
         Ok(Ok(s)) => s,

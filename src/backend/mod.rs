@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::proto::reply::{self, Protocol};
 
-pub use conn::Handshake;
+pub use conn::{connect, Handshake};
 pub use dedicated::DedicatedConn;
 pub use pool::SharedConn;
 
