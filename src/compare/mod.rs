@@ -187,14 +187,12 @@ impl Comparer {
     fn confirm(&self, sample: &Sample, class: Class, first: Class, serving: &Bytes, mirror: &Bytes) {
         self.count(Outcome::Mismatch);
         self.mismatches.with_label_values(&[sample.command.as_str(), class.as_str()]).inc();
-        let key = sample.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut entry = serde_json::json!({
             "time_ms": now,
-            "key": key,
             "command": sample.command,
             "class": class.as_str(),
             "first_class": first.as_str(),
@@ -202,6 +200,18 @@ impl Comparer {
             "serving_digest": rules::digest(sample.rule, serving),
             "mirror_digest": rules::digest(sample.rule, mirror),
         });
+        let key = sample.key.as_deref().map(crate::migrate::key_display);
+        match (&sample.key, entry.as_object_mut()) {
+            (Some(k), Some(e)) => {
+                if let serde_json::Value::Object(k) = crate::migrate::key_json(k) {
+                    e.extend(k);
+                }
+            }
+            (None, Some(e)) => {
+                e.insert("key".into(), serde_json::Value::Null);
+            }
+            _ => {}
+        }
         if self.settings.load().log_values {
             entry["serving_reply"] = String::from_utf8_lossy(serving).into_owned().into();
             entry["mirror_reply"] = String::from_utf8_lossy(mirror).into_owned().into();

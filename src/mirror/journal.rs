@@ -81,14 +81,17 @@ impl Journal {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let line = serde_json::json!({
+        let mut entry = serde_json::json!({
             "time_ms": now,
             "backend": backend,
-            "key": String::from_utf8_lossy(key),
             "command": command,
             "reason": reason,
-        })
-        .to_string();
+        });
+        // `key`, or `key_hex` for a key that is not UTF-8, so `tandem repair` reads it back exactly.
+        if let (Some(e), serde_json::Value::Object(k)) = (entry.as_object_mut(), crate::migrate::key_json(key)) {
+            e.extend(k);
+        }
+        let line = entry.to_string();
         self.write_line(line);
     }
 
