@@ -68,6 +68,9 @@ enum Flow {
 /// Per-connection state, replayed on any backend connection the client later uses.
 struct Session {
     id: u64,
+    /// When the bytes being parsed were read: the start of every latency measured for the
+    /// commands in them (one clock read per read, not per command).
+    read_at: std::time::Instant,
     proto: Protocol,
     db: u32,
     name: Option<Bytes>,
@@ -102,6 +105,7 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
 
     let mut session = Session {
         id,
+        read_at: std::time::Instant::now(),
         proto: Protocol::Resp2,
         db: 0,
         name: None,
@@ -177,7 +181,7 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
                 break;
             }
             Some(Ok(0)) | Some(Err(_)) => break,
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => session.read_at = std::time::Instant::now(),
         }
     }
     let _ = session.out.send(Out::Close).await;
@@ -465,7 +469,7 @@ impl Session {
         cmd: u16,
     ) -> Result<Flow, Gone> {
         self.switch_path(path).await?;
-        let tag = Tag::new(cmd, side);
+        let tag = Tag::new(cmd, side, self.read_at);
         let payload = req.raw().clone();
         let (client_tx, client_rx) = oneshot::channel();
         let mut mirror_rx = None;
@@ -710,7 +714,7 @@ impl Session {
         let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
         proxy.metrics.served[side.index()].inc();
         let exec_id = proxy.commands.load().lookup(&[b"exec".as_slice()]).map(|i| i.id).unwrap_or(OTHER_ID);
-        let tag = Tag::new(exec_id, side);
+        let tag = Tag::new(exec_id, side, self.read_at);
         match path {
             Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
             Path::Dedicated(s) => match self.ensure_dedicated(proxy, s).await {

@@ -59,16 +59,24 @@ pub struct Tag {
 }
 
 impl Tag {
-    pub fn new(cmd: u16, side: Side) -> Tag {
-        Tag { cmd, side, started: Instant::now() }
+    /// `started`: when the command was read from the client.
+    pub fn new(cmd: u16, side: Side, started: Instant) -> Tag {
+        Tag { cmd, side, started }
     }
 
-    fn record(&self, metrics: &Metrics, reply: &Reply) {
+    /// Records the command with its latency up to the writer's clock.
+    fn record(&self, metrics: &Metrics, reply: &Reply, clock: &mut Clock) {
+        let mut now = clock.now();
+        if now < self.started {
+            // Read after the clock's last reading: look again.
+            clock.refresh();
+            now = clock.now;
+        }
         let error = match reply {
             Ok(frame) => crate::proto::reply::is_error(frame),
             Err(_) => true,
         };
-        metrics.record(self.cmd, self.side, Role::Serving, error, self.started.elapsed());
+        metrics.record(self.cmd, self.side, Role::Serving, error, now.saturating_duration_since(self.started));
     }
 }
 
@@ -81,6 +89,7 @@ pub async fn run(
     metrics: std::sync::Arc<Metrics>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut clock = Clock::new();
     let result: std::io::Result<()> = async {
         loop {
             let item = match rx.try_recv() {
@@ -90,7 +99,10 @@ pub async fn run(
                     flush(&mut wr, &mut buf).await?;
                     tokio::select! {
                         item = rx.recv() => match item {
-                            Some(item) => item,
+                            Some(item) => {
+                                clock.refresh();
+                                item
+                            }
                             None => break,
                         },
                         Some(push) = pushes.recv() => {
@@ -107,11 +119,13 @@ pub async fn run(
                         Ok(reply) => reply,
                         Err(oneshot::error::TryRecvError::Empty) => {
                             flush(&mut wr, &mut buf).await?;
-                            reply_rx.await.unwrap_or_else(|_| Err(dropped()))
+                            let reply = reply_rx.await.unwrap_or_else(|_| Err(dropped()));
+                            clock.refresh();
+                            reply
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
                     };
-                    tag.record(&metrics, &reply);
+                    tag.record(&metrics, &reply, &mut clock);
                     match reply {
                         Ok(bytes) => put(&mut wr, &mut buf, bytes).await?,
                         Err(e) => buf.extend_from_slice(&e.to_resp()),
@@ -120,7 +134,8 @@ pub async fn run(
                 Out::Mirrored { reply, mirror, limit, tag } => {
                     flush(&mut wr, &mut buf).await?;
                     let reply = reply.await.unwrap_or_else(|_| Err(dropped()));
-                    tag.record(&metrics, &reply);
+                    clock.refresh();
+                    tag.record(&metrics, &reply, &mut clock);
                     // The sender is dropped when the mirror op completes (or never entered).
                     if tokio::time::timeout(limit, mirror).await.is_err() {
                         metrics.sync_mirror_late.inc();
@@ -164,6 +179,35 @@ pub async fn run(
     .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "client write failed");
+    }
+}
+
+/// The writer's idea of "now" for latency measurements: read again after every wait, and at
+/// least every few uses while replies keep arriving without one, so a busy connection costs
+/// a fraction of a clock read per reply and the time stays within microseconds of the truth.
+struct Clock {
+    now: Instant,
+    uses: u32,
+}
+
+impl Clock {
+    const USES_PER_READ: u32 = 8;
+
+    fn new() -> Clock {
+        Clock { now: Instant::now(), uses: 0 }
+    }
+
+    fn refresh(&mut self) {
+        self.now = Instant::now();
+        self.uses = 0;
+    }
+
+    fn now(&mut self) -> Instant {
+        if self.uses >= Self::USES_PER_READ {
+            self.refresh();
+        }
+        self.uses += 1;
+        self.now
     }
 }
 
