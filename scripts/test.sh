@@ -25,4 +25,5 @@ if [ "${CI:-}" = "true" ]; then
   cargo fmt --all -- --check
   cargo clippy --all-targets -- -D warnings
 fi
+./scripts/check-deploy.sh
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

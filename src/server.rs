@@ -338,8 +338,23 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     drop(listener);
     drop(alive);
     tracing::info!(clients = proxy.client_count(), "stopped accepting; draining clients");
+    let started = std::time::Instant::now();
     if tokio::time::timeout(drain, done.recv()).await.is_err() {
         tracing::warn!(clients = proxy.client_count(), ?drain, "drain timed out; closing remaining clients");
+    }
+    // Writes acknowledged to clients may still sit in the mirror queues: give them what is
+    // left of the drain time (at least a second) to reach the other store.
+    let limit = drain.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+    let set = proxy.backends.load_full();
+    let (to_target, to_source) =
+        tokio::join!(set.mirrors.drain(Side::Target, limit), set.mirrors.drain(Side::Source, limit));
+    if to_target && to_source {
+        tracing::info!("mirror queues drained");
+    } else {
+        tracing::warn!(
+            ?limit,
+            "mirror queues not drained in time: the writes still queued did not reach the other store (run tandem verify, then repair)"
+        );
     }
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use support::{http, RawConn, RedisServer, Relay, Tandem};
+use support::{encode_cmd, http, RawConn, RedisServer, Relay, Tandem};
 use tandem::route::{slot, CutoverPlan, Side};
 
 /// Source, target, a relay in front of the target, and the proxy.
@@ -493,4 +493,34 @@ fn client_tracking_covers_keys_on_both_sides() {
     RawConn::connect(s.proxy.addr()).request(&["SET", &key, "2"]);
     let push = text(c.read_reply());
     assert!(push.starts_with(">2") && push.contains("invalidate") && push.contains(&key), "{push}");
+}
+
+/// Writes acknowledged to the client but still queued for the target when SIGTERM arrives
+/// reach the target before the process exits.
+#[test]
+fn sigterm_drains_the_mirror_queue_before_exiting() {
+    const N: usize = 400;
+    let mut s = setup("mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+    // 400 KB of writes behind a 200 KB/s link: about two seconds of mirror backlog.
+    s.relay.set_bandwidth(Some(200 * 1024));
+    let value = "v".repeat(1024);
+    let mut pipeline = Vec::new();
+    for i in 0..N {
+        pipeline.extend(encode_cmd(&["SET", &format!("k:{i}"), &value]));
+    }
+    c.send(&pipeline);
+    for i in 0..N {
+        assert_eq!(c.read_reply(), b"+OK\r\n", "reply {i}");
+    }
+    drop(c);
+    let queued: u64 = s.target.cli(&["DBSIZE"]).parse().unwrap();
+    assert!(queued < N as u64, "the backlog was already applied ({queued} keys): the test proves nothing");
+
+    s.proxy.signal("TERM");
+    let status = s.proxy.wait_exit(Duration::from_secs(15)).expect("tandem exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(s.target.cli(&["DBSIZE"]), N.to_string(), "mirror writes lost at shutdown");
+    assert!(s.proxy.log().contains("mirror queues drained"), "{}", s.proxy.log());
 }

@@ -110,14 +110,11 @@ impl Comparer {
         repair: Option<Arc<Journal>>,
         registry: &Registry,
     ) -> Comparer {
-        let results = IntCounterVec::new(
-            Opts::new("compare_total", "Sampled reads by comparison result").namespace("tandem"),
-            &["result"],
-        )
-        .expect("static");
+        let results = IntCounterVec::new(Opts::new("compare_total", "Sampled reads by comparison result"), &["result"])
+            .expect("static");
         let _ = registry.register(Box::new(results.clone()));
         let mismatches = IntCounterVec::new(
-            Opts::new("compare_mismatches_total", "Confirmed mismatches by command and class").namespace("tandem"),
+            Opts::new("compare_mismatches_total", "Confirmed mismatches by command and class"),
             &["command", "class"],
         )
         .expect("static");
