@@ -500,7 +500,7 @@ NT=${#T_NAMES[@]}
 declare -A DEAD=() TIMEOUTS=()
 
 # ---- benchmark loop -----------------------------------------------------------------
-echo "round,pipeline,test,target,requests,clients,rps,avg_ms,min_ms,p50_ms,p95_ms,p99_ms,max_ms,wall_s,status,stderr_errors" >"$CSV"
+echo "round,pipeline,test,target,requests,clients,rps,avg_ms,min_ms,p50_ms,p95_ms,p99_ms,max_ms,wall_s,status,stderr_errors,redis_cpu_us,proxy_cpu_us,client_cpu_us" >"$CSV"
 
 fail_note() { # target test pipeline round message
   {
@@ -510,21 +510,43 @@ fail_note() { # target test pipeline round message
   } >>"$FAILLOG"
 }
 
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_ticks() { # pid -> user+system clock ticks so far (0 for no pid)
+  [[ -n $1 && -r /proc/$1/stat ]] || { echo 0; return; }
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+child_ticks() { # this shell's reaped children: user+system clock ticks
+  awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$BASHPID/stat"
+}
+per_req_us() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }'; }
+
 run_one() { # target_index test pipeline round
   local ti=$1 test=$2 p=$3 r=$4 name=${T_NAMES[$1]} port=${T_PORTS[$1]} pid=${T_PIDS[$1]}
   local n rc t0 t1 wall line status errs
   n=$(requests_for "$test" "$p")
   if [[ -n ${DEAD[$name]:-} ]]; then
-    echo "$r,$p,$test,$name,$n,$CLIENTS,,,,,,,,,skipped,0" >>"$CSV"
+    echo "$r,$p,$test,$name,$n,$CLIENTS,,,,,,,,,skipped,0,,," >>"$CSV"
     return
   fi
   flush_all
   [[ $test == get ]] && populate
+  # CPU time (clock ticks) of the servers, of the proxy in between (none for direct) and of
+  # the benchmark client (this shell's reaped children), to show where the cores go.
+  local redis0 proxy0 client0 redis1 proxy1 client1 cpu_redis cpu_proxy cpu_client
+  redis0=$(( $(cpu_ticks "$SRC_PID") + $(cpu_ticks "$TGT_PID") ))
+  proxy0=0; [[ $pid != "$SRC_PID" ]] && proxy0=$(cpu_ticks "$pid")
+  client0=$(child_ticks)
   t0=$(date +%s.%N)
   bounded "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$n" -c "$CLIENTS" \
     -P "$p" -d "$DATASIZE" -r "$KEYSPACE" --csv >"$TMP/bench.out" 2>"$TMP/bench.err"
   rc=$BG_RC
   t1=$(date +%s.%N)
+  redis1=$(( $(cpu_ticks "$SRC_PID") + $(cpu_ticks "$TGT_PID") ))
+  proxy1=0; [[ $pid != "$SRC_PID" ]] && proxy1=$(cpu_ticks "$pid")
+  client1=$(child_ticks)
+  cpu_redis=$(per_req_us $((redis1 - redis0)) "$n")
+  cpu_proxy=$(per_req_us $((proxy1 - proxy0)) "$n")
+  cpu_client=$(per_req_us $((client1 - client0)) "$n")
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   errs=$(grep -ci 'error' "$TMP/bench.err")
   line=$(grep -v '^"test"' "$TMP/bench.out" | grep '^"' | tail -1)
@@ -534,14 +556,14 @@ run_one() { # target_index test pipeline round
     # "TEST","rps","avg","min","p50","p95","p99","max"
     local f
     IFS=, read -r -a f <<<"${line//\"/}"
-    echo "$r,$p,$test,$name,$n,$CLIENTS,${f[1]},${f[2]},${f[3]},${f[4]},${f[5]},${f[6]},${f[7]},$wall,$status,$errs" >>"$CSV"
+    echo "$r,$p,$test,$name,$n,$CLIENTS,${f[1]},${f[2]},${f[3]},${f[4]},${f[5]},${f[6]},${f[7]},$wall,$status,$errs,$cpu_redis,$cpu_proxy,$cpu_client" >>"$CSV"
     local extra=""
     [[ $errs != 0 ]] && extra="  [$errs error line(s) on stderr]"
     log "round $r/$ROUNDS  $(printf '%-6s P=%-3s %-22s %10.0f rps  p50 %6s ms  p99 %6s ms  (%ss)' \
       "$test" "$p" "$name" "${f[1]}" "${f[4]}" "${f[6]}" "$wall")$extra"
   else
     if [[ $rc == 124 || $rc == 137 ]]; then status=timeout; else status="error-rc$rc"; fi
-    echo "$r,$p,$test,$name,$n,$CLIENTS,,,,,,,,$wall,$status,$errs" >>"$CSV"
+    echo "$r,$p,$test,$name,$n,$CLIENTS,,,,,,,,$wall,$status,$errs,,," >>"$CSV"
     log "round $r/$ROUNDS  $test P=$p $name: FAILED ($status after ${wall}s): $(tail -2 "$TMP/bench.err" | tr '\n' ' ')"
     fail_note "$name" "$test" "$p" "$r" "$status (exit $rc) after ${wall}s; command: redis-benchmark -h 127.0.0.1 -p $port -t $test -n $n -c $CLIENTS -P $p -d $DATASIZE -r $KEYSPACE --csv"
     TIMEOUTS[$name]=$(( ${TIMEOUTS[$name]:-0} + 1 ))
@@ -591,6 +613,8 @@ req_desc=${req_desc%, }
   echo "rounds: $ROUNDS (order of targets rotated each round; db flushed before every run; GET runs on a pre-filled keyspace)"
   echo "all processes on 127.0.0.1 of this machine, benchmark client included; wall time ${ELAPSED}s"
   echo "values are medians over rounds; ratio = rps / rps of direct (or twemproxy)"
+  echo "CPU us/req: user+system CPU time per request of the redis-server(s), of the proxy, and of redis-benchmark;"
+  echo "  with all of them sharing $(nproc) cores, throughput is bounded by cores / (their sum)"
   echo "NOTE: ratios are from this run only (same machine, same minutes); do not compare across runs."
   for s in "${SKIPPED[@]}"; do echo "$s"; done
   for n in "${!DEAD[@]}"; do echo "$n: disabled during the run (${DEAD[$n]}); see $(basename "$FAILLOG")"; done
@@ -612,7 +636,8 @@ def f(v, fmt):
     return "-" if v is None else fmt.format(v)
 for p in pipes:
     print(f"pipeline -P {p}")
-    hdr = f"{'test':<7} {'target':<22} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs twemproxy':>13}  n"
+    hdr = (f"{'test':<7} {'target':<22} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs twemproxy':>13}"
+           f" {'CPU us/req: redis':>18} {'proxy':>6} {'client':>6}  n")
     print(hdr)
     print("-" * len(hdr))
     for t in tests:
@@ -630,8 +655,10 @@ for p in pipes:
             note = ""
             if (p, t, tg) in fails:
                 note = "  failed: " + ",".join(fails[(p, t, tg)])
+            cpu = [med([float(x[c]) for x in rs if x.get(c)]) for c in ("redis_cpu_us", "proxy_cpu_us", "client_cpu_us")]
             print(f"{t:<7} {tg:<22} {f(rps, '{:.0f}'):>10} {f(p50, '{:.3f}'):>8} {f(p99, '{:.3f}'):>8} "
-                  f"{f(vd, '{:.2f}'):>10} {f(vt, '{:.2f}'):>13}  {len(rs)}{note}")
+                  f"{f(vd, '{:.2f}'):>10} {f(vt, '{:.2f}'):>13} {f(cpu[0], '{:.2f}'):>18} {f(cpu[1], '{:.2f}'):>6} "
+                  f"{f(cpu[2], '{:.2f}'):>6}  {len(rs)}{note}")
         print()
 PY
   if [[ -n $RSS_REPORT ]]; then echo "$RSS_REPORT"; echo; fi
