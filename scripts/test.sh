@@ -26,4 +26,6 @@ if [ "${CI:-}" = "true" ]; then
   cargo clippy --all-targets -- -D warnings
 fi
 ./scripts/check-deploy.sh
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+# The criterion benches, each run once as a smoke test (criterion takes no libtest flags).
+cargo test --benches
