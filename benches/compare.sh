@@ -516,7 +516,7 @@ cpu_ticks() { # pid -> user+system clock ticks so far (0 for no pid)
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 child_ticks() { # this shell's reaped children: user+system clock ticks
-  awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$BASHPID/stat"
+  awk '{ sub(/^.*\) /, ""); print $14 + $15 }' "/proc/$$/stat"
 }
 per_req_us() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }'; }
 
