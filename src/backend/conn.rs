@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::tls::BackendStream;
 use super::{BackendError, BackendSettings};
 use crate::proto::reply::{self, Protocol};
 
@@ -33,9 +34,12 @@ impl Handshake {
 
 /// Connects and performs the handshake. Returns the stream and the server version the
 /// backend reported, if it did.
-pub async fn connect(settings: &BackendSettings, hs: &Handshake) -> Result<(TcpStream, Option<String>), BackendError> {
+pub async fn connect(
+    settings: &BackendSettings,
+    hs: &Handshake,
+) -> Result<(BackendStream, Option<String>), BackendError> {
     let name = &settings.name;
-    let mut stream = match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
+    let tcp = match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(BackendError::unavailable(name, format!("connect {}: {e}", settings.addr))),
         Err(_) => {
@@ -45,7 +49,19 @@ pub async fn connect(settings: &BackendSettings, hs: &Handshake) -> Result<(TcpS
             ))
         }
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &settings.tls {
+        None => BackendStream::Tcp(tcp),
+        Some(tls) => match timeout(settings.connect_timeout, tls.connect(tcp, name)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(BackendError::unavailable(name, format!("TLS handshake with {}: {e}", settings.addr)))
+            }
+            Err(_) => {
+                return Err(BackendError::unavailable(name, format!("TLS handshake with {}: timed out", settings.addr)))
+            }
+        },
+    };
 
     // HELLO both authenticates and fixes the protocol in one round trip.
     let proto = hs.proto.version().to_string();

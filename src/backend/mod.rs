@@ -19,6 +19,7 @@ mod conn;
 mod dedicated;
 mod pipeline;
 mod pool;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -53,6 +54,8 @@ pub struct BackendSettings {
     pub command_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Set for `rediss://` backends.
+    pub tls: Option<tls::TlsClient>,
 }
 
 impl std::fmt::Debug for BackendSettings {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for BackendSettings {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("pool_size", &self.pool_size)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -269,7 +273,7 @@ impl Backend {
 
     /// Opens a plain connection with the handshake done, for callers that drive the socket
     /// themselves (Pub/Sub pass-through, the command-table refresh).
-    pub async fn raw(&self, hs: &Handshake) -> Result<tokio::net::TcpStream, BackendError> {
+    pub async fn raw(&self, hs: &Handshake) -> Result<tls::BackendStream, BackendError> {
         let (stream, version) = conn::connect(&self.settings, hs).await?;
         if let Some(v) = version {
             let _ = self.server_version.set(v);

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::{BackendError, Job, Sink};
@@ -69,7 +68,7 @@ impl Shared {
 /// Runs the connection until it ends. `silence` bounds how long owed replies may take;
 /// `None` for connections that may legitimately block (BLPOP on a dedicated connection).
 pub(super) async fn run(
-    stream: TcpStream,
+    stream: super::tls::BackendStream,
     jobs: &mut mpsc::Receiver<Job>,
     silence: Option<Duration>,
     backend: &std::sync::Arc<str>,

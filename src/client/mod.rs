@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -89,7 +88,7 @@ struct Session {
     last_path: Path,
     dedicated: [Option<DedicatedConn>; 2],
     /// Pub/Sub pass-through: requests are written here as they are.
-    pipe: Option<OwnedWriteHalf>,
+    pipe: Option<crate::backend::tls::WriteHalf>,
     out: mpsc::Sender<Out>,
     pushes: mpsc::UnboundedSender<Bytes>,
 }

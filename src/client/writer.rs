@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::merge::{self, MergeKind, Part};
@@ -44,7 +44,7 @@ pub enum Out {
     /// moves the client to another backend connection, so execution order is kept.
     Barrier(oneshot::Sender<()>),
     /// Copy this backend stream to the client until it ends (Pub/Sub pass-through).
-    Pipe(OwnedReadHalf),
+    Pipe(crate::backend::tls::ReadHalf),
     /// Write what is queued, then close the connection (QUIT, protocol errors).
     Close,
 }

@@ -144,7 +144,9 @@ impl Backend {
             connect_timeout: CONNECT_TIMEOUT,
             command_timeout: COMMAND_TIMEOUT,
             reconnect_backoff: Backoff::default(),
+            tls: None,
             password: None,
+            tls_client: None,
         }
     }
 }

@@ -185,8 +185,32 @@ pub struct Backend {
     /// Delay between reconnection attempts, doubling from `min` to `max`.
     #[serde(default)]
     pub reconnect_backoff: Backoff,
+    /// TLS settings for a `rediss://` URL (optional: verification against the system's
+    /// roots is the default).
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
     #[serde(skip)]
     pub(crate) password: Option<Secret>,
+    /// The TLS client built from `tls` during validation (`rediss://` only).
+    #[serde(skip)]
+    pub(crate) tls_client: Option<crate::backend::tls::TlsClient>,
+}
+
+/// TLS to a backend: which CA to trust, an optional client certificate, the name to verify.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendTls {
+    /// PEM file of the CA certificate(s) the server's certificate must chain to; default:
+    /// the system's root certificates.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Name sent as SNI and verified in the certificate; default: the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate. Only for tests and emergencies; logged as a warning.
+    pub insecure_skip_verify: bool,
 }
 
 impl Backend {
@@ -194,6 +218,11 @@ impl Backend {
     /// when neither is set.
     pub fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
+    }
+
+    /// The TLS client for a `rediss://` URL, built during validation.
+    pub fn tls_client(&self) -> Option<&crate::backend::tls::TlsClient> {
+        self.tls_client.as_ref()
     }
 }
 

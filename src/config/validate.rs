@@ -192,6 +192,18 @@ fn check_backend(c: &mut Checks<'_>, path: &str, backend: &mut Backend) {
         c.error(format!("{path}.username"), "must not be empty");
     }
 
+    backend.tls_client = None;
+    match (backend.url.tls, &backend.tls) {
+        (false, Some(_)) => c.error(format!("{path}.tls"), "TLS settings need a rediss:// URL"),
+        (false, None) => {}
+        (true, settings) => {
+            match crate::backend::tls::TlsClient::build(&settings.clone().unwrap_or_default(), &backend.url.host) {
+                Ok(client) => backend.tls_client = Some(client),
+                Err((field, message)) => c.error(format!("{path}.{field}"), message),
+            }
+        }
+    }
+
     backend.password =
         resolve_one_of(c, path, "password", backend.password_env.as_deref(), backend.password_file.as_deref());
     let password_given = backend.password_env.is_some() || backend.password_file.is_some();

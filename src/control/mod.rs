@@ -603,6 +603,7 @@ pub fn backend_settings(name: &str, b: &config::Backend) -> BackendSettings {
         command_timeout: b.command_timeout,
         backoff_min: b.reconnect_backoff.min,
         backoff_max: b.reconnect_backoff.max,
+        tls: b.tls_client().cloned(),
     }
 }
 

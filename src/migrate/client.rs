@@ -6,7 +6,6 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::backend::{BackendSettings, Handshake};
 use crate::proto::reply::{self, Protocol};
@@ -15,7 +14,7 @@ use crate::proto::value::{self, Value};
 /// One pipelined connection to a backend.
 pub struct Conn {
     name: String,
-    stream: TcpStream,
+    stream: crate::backend::tls::BackendStream,
     buf: BytesMut,
     settings: BackendSettings,
 }
