@@ -292,6 +292,20 @@ fn proxy_users_authenticate_clients_in_resp2_and_resp3() {
     // RESET forgets the authentication.
     assert_eq!(c.request(&["RESET"]), b"+RESET\r\n");
     assert!(text(c.request(&["GET", "k"])).starts_with("-NOAUTH"));
+
+    // Repeated failures on one connection are answered more and more slowly (the first
+    // failure on `c` was above): 100 ms, then 200 ms. Another connection is not slowed.
+    for min_ms in [100, 200] {
+        let asked = std::time::Instant::now();
+        assert!(text(c.request(&["AUTH", "app", "guess"])).starts_with("-WRONGPASS"));
+        let took = asked.elapsed();
+        assert!(took >= std::time::Duration::from_millis(min_ms), "failure answered after {took:?}");
+    }
+    let mut fresh = RawConn::connect(proxy.addr());
+    let asked = std::time::Instant::now();
+    assert!(text(fresh.request(&["AUTH", "app", "typo"])).starts_with("-WRONGPASS"));
+    assert!(asked.elapsed() < std::time::Duration::from_millis(100), "a first failure is not delayed");
+    assert_eq!(fresh.request(&["AUTH", "app", "app-pass"]), b"+OK\r\n");
 }
 
 #[test]

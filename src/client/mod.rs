@@ -74,6 +74,8 @@ struct Session {
     db: u32,
     name: Option<Bytes>,
     authenticated: bool,
+    /// Failed AUTH attempts on this connection (each one after the first is answered later).
+    auth_failures: u32,
     read_only: bool,
     in_multi: bool,
     /// Commands queued since MULTI, sent as one block at EXEC.
@@ -109,6 +111,7 @@ pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: 
         db: 0,
         name: None,
         authenticated: !policy.users.enabled(),
+        auth_failures: 0,
         read_only: false,
         in_multi: false,
         queued: Vec::new(),
@@ -810,11 +813,21 @@ impl Session {
                 self.read_only = u.read_only;
                 self.reply(reply::ok()).await
             }
-            None => {
-                proxy.metrics.auth_failures.inc();
-                self.error("WRONGPASS invalid username-password pair or user is disabled.").await
-            }
+            None => self.wrong_password(proxy).await,
         }
+    }
+
+    /// Refuses a password. The first failure on a connection is answered at once (a typo);
+    /// each further one waits twice as long as the last (100 ms, 200 ms, ... up to 2 s), which
+    /// makes guessing over one connection slow without delaying other clients.
+    async fn wrong_password(&mut self, proxy: &Proxy) -> Result<Flow, Gone> {
+        proxy.metrics.auth_failures.inc();
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        if self.auth_failures > 1 {
+            let ms = 100u64.saturating_mul(1 << (self.auth_failures - 2).min(5)).min(2000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        self.error("WRONGPASS invalid username-password pair or user is disabled.").await
     }
 
     async fn hello(&mut self, proxy: &Proxy, req: &Request) -> Result<Flow, Gone> {
@@ -846,10 +859,7 @@ impl Session {
                 }
                 match policy.users.verify(req.arg(i + 1), req.arg(i + 2)) {
                     Some(u) => authed_as = Some(u.read_only),
-                    None => {
-                        proxy.metrics.auth_failures.inc();
-                        return self.error("WRONGPASS invalid username-password pair or user is disabled.").await;
-                    }
+                    None => return self.wrong_password(proxy).await,
                 }
                 i += 3;
             } else if req.arg_is(i, "setname") && i + 1 < req.argc() {
