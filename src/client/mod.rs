@@ -476,6 +476,12 @@ impl Session {
         let (client_tx, client_rx) = oneshot::channel();
         let mut mirror_rx = None;
         let sink = match also {
+            // The backend's own secrets (requirepass, masterauth) must not reach clients.
+            Also::Nothing if req.arg_is(0, "config") && req.argc() > 1 && req.arg_is(1, "get") => {
+                Sink::Callback(Box::new(move |reply| {
+                    let _ = client_tx.send(reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
+                }))
+            }
             Also::Nothing => Sink::Reply(client_tx),
             Also::Mirror { sync } => {
                 let done = if sync {
@@ -1051,4 +1057,54 @@ fn validate_name(name: &[u8]) -> Result<(), &'static str> {
         return Err("ERR Client names cannot contain spaces, newlines or special characters.");
     }
     Ok(())
+}
+
+/// Configuration parameters whose values are secrets of the backend.
+const SECRET_PARAMETERS: [&[u8]; 4] =
+    [b"requirepass", b"masterauth", b"tls-key-file-pass", b"tls-client-key-file-pass"];
+
+/// A `CONFIG GET` reply (name/value pairs, RESP2 array or RESP3 map) with the values of
+/// [`SECRET_PARAMETERS`] replaced by `(redacted)`; `None` when it holds none of them.
+fn redact_config(frame: &Bytes) -> Option<Bytes> {
+    use crate::proto::value::{parse, Value};
+    let secret =
+        |name: &Value| name.as_bytes().is_some_and(|n| SECRET_PARAMETERS.iter().any(|s| n.eq_ignore_ascii_case(s)));
+    let pairs: Vec<(Value, Value)> = match parse(frame)? {
+        Value::Array(items) if items.len() % 2 == 0 => {
+            let mut it = items.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+        }
+        Value::Map(pairs) => pairs,
+        _ => return None,
+    };
+    if !pairs.iter().any(|(n, _)| secret(n)) {
+        return None;
+    }
+    let mut out = bytes::BytesMut::with_capacity(frame.len());
+    let map = frame.first() == Some(&b'%');
+    out.extend_from_slice(
+        format!("{}{}\r\n", if map { '%' } else { '*' }, if map { pairs.len() } else { pairs.len() * 2 }).as_bytes(),
+    );
+    for (name, value) in &pairs {
+        reply::put_bulk(&mut out, name.as_bytes().unwrap_or_default());
+        let v: &[u8] = if secret(name) { b"(redacted)" } else { value.as_bytes().unwrap_or_default() };
+        reply::put_bulk(&mut out, v);
+    }
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn config_get_replies_lose_only_the_secret_values() {
+        let r2 = Bytes::from_static(b"*4\r\n$11\r\nrequirepass\r\n$3\r\npw!\r\n$7\r\nmaxconn\r\n$2\r\n10\r\n");
+        let out = redact_config(&r2).unwrap();
+        assert_eq!(&out[..], b"*4\r\n$11\r\nrequirepass\r\n$10\r\n(redacted)\r\n$7\r\nmaxconn\r\n$2\r\n10\r\n");
+        let r3 = Bytes::from_static(b"%1\r\n$10\r\nmasterauth\r\n$2\r\npw\r\n");
+        assert_eq!(&redact_config(&r3).unwrap()[..], b"%1\r\n$10\r\nmasterauth\r\n$10\r\n(redacted)\r\n");
+        assert_eq!(redact_config(&Bytes::from_static(b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n")), None);
+        assert_eq!(redact_config(&Bytes::from_static(b"-ERR nope\r\n")), None);
+    }
 }
