@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{http, output_with_timeout, tandem_bin, wait_until, RawConn, RedisServer, Tandem};
+use support::{http, output_with_timeout, redis_cli_output, tandem_bin, wait_until, RawConn, RedisServer, Tandem};
 
 const SOURCE_PASS: &str = "src-S3cret-0a1b2c";
 const TARGET_PASS: &str = "tgt-S3cret-3d4e5f";
@@ -123,5 +123,69 @@ fn secrets_appear_in_no_output() {
     assert_clean("a failed backend login", &out);
 
     // Finally the whole log, written at debug level.
+    assert_clean("the proxy log", &proxy.log());
+}
+
+/// Rotating a backend password: the server accepts the new one (existing connections stay
+/// logged in), the password file is rewritten and tandem reloads; new backend connections use
+/// the new password, and a client connected throughout never sees an error.
+#[test]
+fn backend_password_rotation_drops_no_client() {
+    let redis = RedisServer::start_with(&["--requirepass", SOURCE_PASS]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("source-password");
+    std::fs::write(&secret, format!("{SOURCE_PASS}\n")).unwrap();
+    let yaml = format!(
+        "backends:\n  source:\n    url: {}\n    password_file: {}\n    connect_timeout: 1s\n",
+        redis.url(),
+        secret.display()
+    );
+    let proxy = Tandem::start_config(&yaml, &[]);
+    let generation = || http::status(proxy.admin_port())["generation"].as_u64().unwrap_or(0);
+    let before = generation();
+
+    // A client writing throughout the rotation.
+    let addr = proxy.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = RawConn::connect(addr);
+            let (mut ok, mut errors) = (0u32, Vec::new());
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let r = c.request(&["INCR", "counter"]);
+                if r.starts_with(b":") {
+                    ok += 1;
+                } else {
+                    errors.push(String::from_utf8_lossy(&r).into_owned());
+                }
+            }
+            (ok, errors)
+        })
+    };
+
+    // Rotate: the server takes the new password, then the file changes and tandem reloads.
+    redis.cli(&["CONFIG", "SET", "requirepass", TARGET_PASS]);
+    std::fs::write(&secret, format!("{TARGET_PASS}\n")).unwrap();
+    proxy.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload after SIGHUP", || generation() > before);
+    // Old backend connections are gone for good: only the new password opens new ones.
+    let cli = |args: &[&str]| {
+        let out = redis_cli_output(redis.port(), Some(TARGET_PASS), args);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    let mut fresh = RawConn::connect(proxy.addr());
+    assert_eq!(fresh.request(&["SET", "after", "rotation"]), b"+OK\r\n");
+    assert_eq!(cli(&["GET", "after"]), "rotation");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, errors) = writer.join().unwrap();
+    assert!(ok > 0, "the writer made no progress");
+    // A command in flight on a killed backend connection may fail once; none may fail for
+    // lack of the right password.
+    assert!(errors.iter().all(|e| !e.contains("WRONGPASS") && !e.contains("NOAUTH")), "{errors:?}");
+    assert!(errors.len() <= 2, "the writer saw {} errors: {errors:?}", errors.len());
     assert_clean("the proxy log", &proxy.log());
 }

@@ -584,6 +584,7 @@ fn backends_changed(old: &Config, new: &Config) -> bool {
             b.command_timeout,
             b.reconnect_backoff.min,
             b.reconnect_backoff.max,
+            b.tls.clone(),
         )
     };
     key(&old.backends.source) != key(&new.backends.source)
