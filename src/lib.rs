@@ -13,6 +13,7 @@ pub mod compare;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod fuzzing;
 pub mod metrics;
 pub mod migrate;
 pub mod mirror;
