@@ -84,6 +84,8 @@ pub struct Proxy {
     /// routing of each generation (by parity) and queueing their job.
     routing_generation: std::sync::atomic::AtomicU64,
     routing_users: [AtomicUsize; 2],
+    /// TLS for new client connections (`tls` in the config), replaced on every reload.
+    pub client_tls: ArcSwap<Option<crate::client::tls::ServerTls>>,
 }
 
 /// Held by a command from the moment it reads the routing until its job is queued.
@@ -141,6 +143,7 @@ impl Proxy {
             flip_lock: tokio::sync::Mutex::new(()),
             routing_generation: std::sync::atomic::AtomicU64::new(0),
             routing_users: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            client_tls: ArcSwap::from_pointee(None),
         })
     }
 
@@ -308,9 +311,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
                     }
                 };
                 let max = proxy.policy.load().max_clients;
+                let tls = Option::clone(&proxy.client_tls.load());
                 if proxy.clients.load(Ordering::Relaxed) >= max {
                     proxy.metrics.clients_rejected.inc();
                     tracing::warn!(%peer, max_clients = max, "refusing client: limits.max_clients reached");
+                    if tls.is_some() {
+                        // No plain-text error on a TLS port: just close.
+                        drop(stream);
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let mut stream = stream;
                         let _ = stream.write_all(&reply::error("ERR max number of clients reached")).await;
@@ -326,7 +335,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
                 let shutdown = shutdown.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    crate::client::serve(stream, proxy.clone(), id, shutdown).await;
+                    match tls {
+                        Some(tls) => crate::client::serve_tls(stream, tls, proxy.clone(), id, shutdown).await,
+                        None => crate::client::serve(stream, proxy.clone(), id, shutdown).await,
+                    }
                     proxy.clients.fetch_sub(1, Ordering::Relaxed);
                     proxy.metrics.client_connections.dec();
                     drop(alive);

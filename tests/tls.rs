@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use support::{free_port, output_with_timeout, tandem_bin, RawConn, RedisServer, Tandem};
+use support::{free_port, output_with_timeout, tandem_bin, wait_until, RawConn, RedisServer, Tandem};
 
 /// PEM files for one test: a CA, a server certificate for 127.0.0.1 and localhost signed by
 /// it, a client certificate signed by it, and an unrelated CA.
@@ -235,4 +235,96 @@ fn backfill_and_verify_work_over_tls() {
     let out = run(&["verify", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(target.cli(&["DBSIZE"]), "200");
+}
+
+/// A TLS client connection to tandem that trusts only `ca`.
+fn tls_client(port: u16, ca: &Path) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+fn tls_request(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    args: &[&str],
+) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    s.write_all(&support::encode_cmd(args))?;
+    s.flush()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some(n)) = support::resp_frame_len(&buf) {
+            return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn clients_connect_over_tls_and_certificates_rotate_on_reload() {
+    let pki = pki();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("listen.pem"), dir.path().join("listen-key.pem"));
+    std::fs::copy(&pki.server_cert, &cert).unwrap();
+    std::fs::copy(&pki.server_key, &key).unwrap();
+    let yaml = format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\nbackends:\n  source:\n    url: {}\n",
+        cert.display(),
+        key.display(),
+        redis.url()
+    );
+    let t = support::TandemBuilder::new().config(&yaml).spawn();
+    let port = t.port();
+    wait_until(Duration::from_secs(10), "tandem to accept TLS clients", || {
+        std::panic::catch_unwind(|| tls_request(&mut tls_client(port, &pki.ca), &["PING"]).ok()).ok().flatten()
+            == Some("+PONG\r\n".to_string())
+    });
+    let mut before = tls_client(port, &pki.ca);
+    assert_eq!(tls_request(&mut before, &["SET", "t", "1"]).unwrap(), "+OK\r\n");
+    assert_eq!(redis.cli(&["GET", "t"]), "1");
+
+    // A plain-text client gets no service on the TLS port.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    use std::io::{Read, Write};
+    plain.write_all(b"PING\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("PONG"), "{got:?}");
+
+    // Rotation: new certificate from another CA, rewrite the files, reload.
+    let other = ca("rotated CA");
+    let new_key = KeyPair::generate().unwrap();
+    let new_cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&new_key, &other).unwrap();
+    let other_ca = dir.path().join("rotated-ca.pem");
+    std::fs::write(&other_ca, other.pem()).unwrap();
+    std::fs::write(&cert, new_cert.pem()).unwrap();
+    std::fs::write(&key, new_key.serialize_pem()).unwrap();
+    let generation = || support::http::status(t.admin_port())["generation"].as_u64().unwrap_or(0);
+    let g0 = generation();
+    t.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || generation() > g0);
+    // New connections get the new certificate; the old CA no longer verifies it.
+    assert_eq!(tls_request(&mut tls_client(port, &other_ca), &["GET", "t"]).unwrap(), "$1\r\n1\r\n");
+    assert!(tls_request(&mut tls_client(port, &pki.ca), &["GET", "t"]).is_err());
+    // The connection opened before the rotation carries on.
+    assert_eq!(tls_request(&mut before, &["INCR", "t"]).unwrap(), ":2\r\n");
 }

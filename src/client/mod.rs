@@ -22,6 +22,7 @@
 
 pub mod auth;
 mod merge;
+pub mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -95,11 +96,43 @@ struct Session {
     pushes: mpsc::UnboundedSender<Bytes>,
 }
 
-/// Serves one client until it disconnects, misbehaves, or the proxy shuts down.
-pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, mut shutdown: watch::Receiver<bool>) {
+/// Serves one client (plain TCP) until it disconnects, misbehaves, or the proxy shuts down.
+pub async fn serve(stream: TcpStream, proxy: Arc<Proxy>, id: u64, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    serve_halves(rd, wr, proxy, id, shutdown).await
+}
+
+/// Serves one client over TLS: the handshake (bounded by `handshake_timeout`), then the same
+/// session as plain TCP.
+pub async fn serve_tls(
+    stream: TcpStream,
+    acceptor: tls::ServerTls,
+    proxy: Arc<Proxy>,
+    id: u64,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let (rd, wr) = tokio::io::split(tls);
+            serve_halves(rd, wr, proxy, id, shutdown).await
+        }
+        Ok(Err(e)) => {
+            proxy.metrics.protocol_errors.inc();
+            tracing::info!(client = id, ?peer, error = %e, "client TLS handshake failed");
+        }
+        Err(_) => tracing::info!(client = id, ?peer, "client TLS handshake timed out"),
+    }
+}
+
+async fn serve_halves<R, W>(mut rd: R, wr: W, proxy: Arc<Proxy>, id: u64, mut shutdown: watch::Receiver<bool>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let policy = proxy.policy.load_full();
-    let (mut rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(policy.max_pipeline.max(1));
     let (push_tx, push_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer::run(wr, out_rx, push_rx, proxy.metrics.clone()));

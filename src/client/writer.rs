@@ -7,8 +7,8 @@
 //! replies come back is simply not read until they do.
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::merge::{self, MergeKind, Part};
@@ -82,8 +82,8 @@ impl Tag {
 
 /// Runs until the reader is gone and every queued reply is written, or the client's socket
 /// fails. `pushes` carries RESP3 push frames from a dedicated connection (client tracking).
-pub async fn run(
-    mut wr: OwnedWriteHalf,
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     mut pushes: mpsc::UnboundedReceiver<Bytes>,
     metrics: std::sync::Arc<Metrics>,
@@ -211,7 +211,7 @@ impl Clock {
     }
 }
 
-async fn put(wr: &mut OwnedWriteHalf, buf: &mut BytesMut, bytes: Bytes) -> std::io::Result<()> {
+async fn put<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, bytes: Bytes) -> std::io::Result<()> {
     if bytes.len() >= DIRECT_WRITE {
         flush(wr, buf).await?;
         wr.write_all(&bytes).await
@@ -221,7 +221,7 @@ async fn put(wr: &mut OwnedWriteHalf, buf: &mut BytesMut, bytes: Bytes) -> std::
     }
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
     if !buf.is_empty() {
         wr.write_all(buf).await?;
         buf.clear();

@@ -157,6 +157,8 @@ impl Config {
     pub fn with_source(source: Backend) -> Self {
         Config {
             listen: listen(),
+            tls: None,
+            tls_server: None,
             admin: Admin::default(),
             log: Log::default(),
             backends: Backends { source, target: None },

@@ -22,6 +22,12 @@ pub struct Config {
     /// Address clients connect to, `host:port` (default `127.0.0.1:6380`).
     #[serde(default = "defaults::listen")]
     pub listen: String,
+    /// TLS on the client listener (default: none, plain TCP).
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+    /// The TLS server built from `tls` during validation.
+    #[serde(skip)]
+    pub(crate) tls_server: Option<crate::client::tls::ServerTls>,
     /// The admin HTTP endpoint.
     #[serde(default)]
     pub admin: Admin,
@@ -194,6 +200,23 @@ pub struct Backend {
     /// The TLS client built from `tls` during validation (`rediss://` only).
     #[serde(skip)]
     pub(crate) tls_client: Option<crate::backend::tls::TlsClient>,
+}
+
+/// TLS on the client listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// PEM certificate chain presented to clients.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+}
+
+impl Config {
+    /// The client listener's TLS setup, loaded during validation.
+    pub fn tls_server(&self) -> Option<&crate::client::tls::ServerTls> {
+        self.tls_server.as_ref()
+    }
 }
 
 /// TLS to a backend: which CA to trust, an optional client certificate, the name to verify.

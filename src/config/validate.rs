@@ -58,6 +58,13 @@ pub(crate) fn validate(config: &mut Config, removed: &[String], removals: Option
         }
         _ => {}
     }
+    config.tls_server = None;
+    if let Some(tls) = &config.tls {
+        match crate::client::tls::ServerTls::build(tls) {
+            Ok(server) => config.tls_server = Some(server),
+            Err((field, message)) => c.error(field, message),
+        }
+    }
     config.admin.token =
         resolve_one_of(c, "admin", "token", config.admin.token_env.as_deref(), config.admin.token_file.as_deref());
 

@@ -136,6 +136,7 @@ impl Control {
             journal,
             (compare_settings, compare_log),
         );
+        proxy.client_tls.store(Arc::new(config.tls_server().cloned()));
         if let Some(what) = &what {
             tracing::info!(restored = %what, "applied changes made through the admin API before the restart");
         }
@@ -387,6 +388,8 @@ impl Control {
         let mut what = Vec::new();
 
         self.proxy.policy.store(Arc::new(policy(&new)));
+        // Certificate files are read again on every reload: rotation is rewrite + reload.
+        self.proxy.client_tls.store(Arc::new(new.tls_server().cloned()));
         self.token.store(Arc::new(new.admin.token().map(|t| t.expose().to_string())));
         if backends_changed(&old, &new) {
             let source = Backend::new(backend_settings("source", &new.backends.source));
