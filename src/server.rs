@@ -107,9 +107,14 @@ pub struct FlipReport {
     pub to_percent: f64,
     pub moved_slots: usize,
     pub waited_ms: u64,
-    /// False when the backlog did not drain within `cutover.flip_timeout` and the swap went
-    /// ahead anyway.
+    /// True when every write acknowledged before the change reached the side gaining slots.
     pub drained: bool,
+    /// False when the change was not made: the backlog towards the side gaining slots did not
+    /// drain within `cutover.flip_timeout`, or some of it could not be applied (dropped,
+    /// failed). Serving those slots from that side would lose acknowledged writes, so the old
+    /// split stays in force; `reason` says why.
+    pub applied: bool,
+    pub reason: Option<String>,
 }
 
 impl Proxy {
@@ -212,10 +217,13 @@ impl Proxy {
     /// Moves the cutover to `percent` without breaking read-your-writes.
     ///
     /// While the mirror backlog drains, writes to the slots changing sides are mirrored
-    /// synchronously; once every write acknowledged before the change has reached the new
-    /// serving side, the new plan is swapped in at once. The wait is bounded by
-    /// `cutover.flip_timeout`; when it runs out the swap proceeds and the event is logged
-    /// and counted. With mirroring off there is nothing to wait for.
+    /// synchronously; once every write acknowledged before the change has reached the side
+    /// gaining slots, the new plan is swapped in at once. The wait is bounded by
+    /// `cutover.flip_timeout`. When it runs out, or when part of that backlog could not be
+    /// applied (the side is failing), the change is not made: swapping anyway would serve
+    /// those slots from a side that lacks acknowledged writes, and later let the old queued
+    /// writes overwrite newer ones. The event is logged and counted, and the caller told
+    /// why. With mirroring off there is nothing to wait for.
     pub async fn set_cutover(&self, percent: f64) -> FlipReport {
         let _one_at_a_time = self.flip_lock.lock().await;
         let started = std::time::Instant::now();
@@ -224,6 +232,9 @@ impl Proxy {
         let moving = current.plan.moving(&next_plan);
         let from = current.plan.percent();
         let mut drained = true;
+        let mut reason = None;
+        // The side that starts serving the moving slots must have every acknowledged write.
+        let gaining = if percent > from { Side::Target } else { Side::Source };
         if !moving.is_empty() && current.mirror != MirrorMode::Off && current.has_target {
             let mut transition = Routing::clone(&current);
             transition.moving = Some(moving.clone());
@@ -241,22 +252,62 @@ impl Proxy {
                 // After the fence every write sent before the change has been answered, so
                 // its effect is in a mirror queue; then wait for those queues to drain.
                 let set = self.backend_set();
+                let lost_before = set.mirrors.lost(gaining);
                 for b in set.iter() {
                     b.fence().await;
                 }
-                let a = set.mirrors.drain(Side::Target, limit).await;
-                let b = set.mirrors.drain(Side::Source, limit).await;
-                a && b
+                if !set.mirrors.drain(gaining, limit).await {
+                    return Err(format!(
+                        "the mirror backlog towards the {} did not drain within cutover.flip_timeout ({limit:?})",
+                        gaining.name()
+                    ));
+                }
+                let lost = set.mirrors.lost(gaining) - lost_before;
+                if lost > 0 {
+                    return Err(format!(
+                        "{lost} mirror write(s) to the {} failed or were dropped while draining (see the repair journal)",
+                        gaining.name()
+                    ));
+                }
+                Ok(())
             };
-            drained = tokio::time::timeout(limit, wait).await.unwrap_or(false);
+            let outcome = match tokio::time::timeout(limit, wait).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("the flip did not complete within cutover.flip_timeout ({limit:?})")),
+            };
+            if let Err(why) = outcome {
+                drained = false;
+                reason = Some(why);
+            }
         }
         let mut next = Routing::clone(&self.routing.load_full());
-        next.plan = next_plan;
+        if reason.is_none() {
+            next.plan = next_plan;
+        }
         next.moving = None;
         self.routing.store(Arc::new(next));
         let waited = started.elapsed();
         self.metrics.flip_wait.observe(waited.as_secs_f64());
-        self.metrics.flips.with_label_values(&[if drained { "ok" } else { "timeout" }]).inc();
+        self.metrics.flips.with_label_values(&[if reason.is_none() { "ok" } else { "aborted" }]).inc();
+        if let Some(why) = &reason {
+            tracing::warn!(
+                from,
+                to = percent,
+                moved_slots = moving.len(),
+                waited_ms = waited.as_millis() as u64,
+                reason = %why,
+                "cutover NOT changed: the side gaining slots lacks acknowledged writes"
+            );
+            return FlipReport {
+                from_percent: from,
+                to_percent: from,
+                moved_slots: 0,
+                waited_ms: waited.as_millis() as u64,
+                drained,
+                applied: false,
+                reason,
+            };
+        }
         self.metrics.cutover_percent.set(percent.clamp(0.0, 100.0));
         if drained {
             tracing::info!(
@@ -281,6 +332,8 @@ impl Proxy {
             moved_slots: moving.len(),
             waited_ms: waited.as_millis() as u64,
             drained,
+            applied: true,
+            reason: None,
         }
     }
 

@@ -205,7 +205,17 @@ async fn post(control: &Control, path: &str, body: &[u8]) -> Response<Full<Bytes
             }
             let what = if path == "/rollback" { "rollback" } else { "cutover" };
             let report = control.set_cutover(percent, what).await;
-            json(StatusCode::OK, &serde_json::to_value(report).unwrap_or_default())
+            let mut body = serde_json::to_value(&report).unwrap_or_default();
+            if report.applied {
+                json(StatusCode::OK, &body)
+            } else {
+                body["error"] = format!(
+                    "{what} to {percent} not done, the split is unchanged: {}",
+                    report.reason.as_deref().unwrap_or("")
+                )
+                .into();
+                json(StatusCode::SERVICE_UNAVAILABLE, &body)
+            }
         }
         "/mirror" => {
             let mode = match parsed.get("mode").and_then(|m| m.as_str()) {

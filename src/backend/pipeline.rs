@@ -25,6 +25,13 @@ use crate::proto::reply::frame_len;
 /// Stop filling a write batch past this many bytes.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// Most requests one connection has written and not yet had answered. Beyond it the writer
+/// stops taking jobs, so a backend that accepts bytes but never answers (a blackhole, a
+/// stalled server) backs work up into the bounded queues in front of the connection, where it
+/// is refused or dropped and counted, instead of piling up in memory until the silence
+/// timeout declares the connection dead.
+const MAX_OUTSTANDING: usize = 4096;
+
 /// How a pipeline ended.
 pub(super) enum End {
     /// The job queue closed and every reply was delivered.
@@ -47,6 +54,8 @@ struct Shared {
     /// When (ms after `base`) the oldest owed reply started waiting, or the last reply came.
     since_ms: AtomicU64,
     closing: AtomicBool,
+    /// Signalled when the owed replies fall below [`MAX_OUTSTANDING`].
+    room: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -81,11 +90,19 @@ pub(super) async fn run(
         base: Instant::now(),
         since_ms: AtomicU64::new(0),
         closing: AtomicBool::new(false),
+        room: tokio::sync::Notify::new(),
     };
 
     let writer = async {
         let mut out = BytesMut::with_capacity(16 * 1024);
         loop {
+            while shared.waiters().len() >= MAX_OUTSTANDING {
+                let room = shared.room.notified();
+                if shared.waiters().len() < MAX_OUTSTANDING {
+                    break;
+                }
+                room.await;
+            }
             let Some(job) = jobs.recv().await else {
                 // The owner let go (client gone, backend replaced). Nothing owed: close now.
                 // Replies owed: give them `drain_limit`, so writes already sent still get
@@ -98,10 +115,15 @@ pub(super) async fn run(
                 tokio::time::sleep(drain_limit).await;
                 return Some(BackendError::unavailable(backend, "connection closed with replies still owed"));
             };
+            let mut room = MAX_OUTSTANDING.saturating_sub(shared.waiters().len()).max(1);
             push(&shared, &mut out, job);
-            while out.len() < MAX_BATCH {
+            room -= 1;
+            while out.len() < MAX_BATCH && room > 0 {
                 match jobs.try_recv() {
-                    Ok(job) => push(&shared, &mut out, job),
+                    Ok(job) => {
+                        push(&shared, &mut out, job);
+                        room -= 1;
+                    }
                     Err(_) => break,
                 }
             }
@@ -150,7 +172,11 @@ pub(super) async fn run(
                 }
                 if front.left == 0 {
                     if let Some(w) = waiters.pop_front() {
+                        let room = waiters.len() == MAX_OUTSTANDING - 1;
                         drop(waiters);
+                        if room {
+                            shared.room.notify_one();
+                        }
                         w.sink.deliver(Ok(w.picked.unwrap_or_default()));
                     }
                 }

@@ -257,7 +257,12 @@ impl Control {
             tracing::info!(decision = %what, "ramp decision dropped: the cutover changed meanwhile");
             return;
         }
-        self.proxy.set_cutover(to).await;
+        let report = self.proxy.set_cutover(to).await;
+        if !report.applied {
+            // Tried again on the next tick.
+            tracing::warn!(decision = %what, reason = report.reason.as_deref().unwrap_or(""), "ramp decision not applied yet");
+            return;
+        }
         // Kept across restarts like an API change.
         let inner = &mut *inner;
         inner.persisted.cutover = Some(to);
@@ -386,6 +391,8 @@ impl Control {
         let old = std::mem::replace(&mut inner.file, new.clone());
         inner.file_digest = digest;
         let mut what = Vec::new();
+        // A change the file asks for that could not be made yet (reported in /status).
+        let mut pending: Option<String> = None;
 
         self.proxy.policy.store(Arc::new(policy(&new)));
         // Certificate files are read again on every reload: rotation is rewrite + reload.
@@ -434,7 +441,17 @@ impl Control {
             self.pause_ramp("operator changed the cutover in the config file");
             inner.persisted.cutover = None;
             let report = self.proxy.set_cutover(new.cutover.percent).await;
-            what.push(format!("cutover {} -> {}", report.from_percent, report.to_percent));
+            if report.applied {
+                what.push(format!("cutover {} -> {}", report.from_percent, report.to_percent));
+            } else {
+                // Keep the file's value pending: the next poll loads the file again and retries.
+                inner.file_digest = None;
+                inner.file.cutover.percent = report.from_percent;
+                let why =
+                    format!("cutover {} not applied yet: {}", new.cutover.percent, report.reason.unwrap_or_default());
+                pending = Some(why.clone());
+                what.push(why);
+            }
         }
         inner.persisted.record_file(&new);
         self.save(&inner.persisted);
@@ -443,7 +460,7 @@ impl Control {
         self.proxy.metrics.reloads.with_label_values(&["ok"]).inc();
         self.update_status(|s| {
             s.generation += 1;
-            s.last_reload_error = None;
+            s.last_reload_error = pending.clone();
             s.reloads_ok += 1;
             s.last_change =
                 LastChange { source: ChangeSource::File, at: rfc3339(SystemTime::now()), what: what.clone() };
@@ -455,8 +472,10 @@ impl Control {
         let mut inner = self.inner.lock().await;
         self.pause_ramp(&format!("operator {what} through the admin API"));
         let report = self.proxy.set_cutover(percent).await;
-        inner.persisted.cutover = Some(report.to_percent);
-        self.api_changed(&mut inner, format!("{what} {} -> {}", report.from_percent, report.to_percent));
+        if report.applied {
+            inner.persisted.cutover = Some(report.to_percent);
+            self.api_changed(&mut inner, format!("{what} {} -> {}", report.from_percent, report.to_percent));
+        }
         report
     }
 

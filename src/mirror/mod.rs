@@ -375,6 +375,11 @@ impl Mirrors {
         }
     }
 
+    /// Ops towards `side` that never took effect there (failed or dropped), since the start.
+    pub fn lost(&self, side: Side) -> u64 {
+        self.queue(side).map_or(0, |q| q.stats.error.load(Ordering::Acquire) + q.stats.dropped.load(Ordering::Acquire))
+    }
+
     /// Waits until every op that entered `side`'s queue before this call has left it, or
     /// `limit` passes. Returns false on timeout.
     pub async fn drain(&self, side: Side, limit: Duration) -> bool {

@@ -22,6 +22,7 @@
 #![allow(unused_imports)]
 
 pub mod http;
+pub mod load;
 mod process;
 mod raw;
 mod redis_server;
