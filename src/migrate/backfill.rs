@@ -156,19 +156,9 @@ struct Outcome {
 const FAILED_SAMPLE: usize = 100;
 
 pub fn run(args: BackfillArgs) -> ExitCode {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem backfill: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let json = args.json;
-    match rt.block_on(backfill(args)) {
-        Err(message) => {
-            eprintln!("tandem backfill: {message}");
-            ExitCode::from(2)
-        }
+    match super::run_tool("backfill", backfill(args)) {
+        Err(code) => code,
         Ok(o) => {
             report(&o, json);
             if o.counts.failed > 0 {

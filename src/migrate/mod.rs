@@ -14,6 +14,7 @@ pub mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -187,10 +188,19 @@ impl Progress {
     }
 }
 
-/// A single-threaded runtime for a tool: the work is I/O-bound, and the servers keep the
-/// other cores.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+/// Runs a tool's work on a single-threaded runtime (the work is I/O-bound, and the servers
+/// keep the other cores). A failure to run at all is printed as `tandem <tool>: <message>`
+/// and becomes exit status 2, the tools' "could not run".
+pub fn run_tool<T>(tool: &str, work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, ExitCode> {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(work));
+    result.map_err(|message| {
+        eprintln!("tandem {tool}: {message}");
+        ExitCode::from(2)
+    })
 }
 
 #[cfg(test)]

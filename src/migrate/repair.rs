@@ -62,18 +62,8 @@ struct Counts {
 }
 
 pub fn run(args: RepairArgs) -> ExitCode {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem repair: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(repair(&args)) {
-        Err(message) => {
-            eprintln!("tandem repair: {message}");
-            ExitCode::from(2)
-        }
+    match super::run_tool("repair", repair(&args)) {
+        Err(code) => code,
         Ok(c) if c.failed > 0 || c.still_different > 0 => ExitCode::from(1),
         Ok(_) => ExitCode::SUCCESS,
     }

@@ -150,18 +150,8 @@ impl Tally {
 }
 
 pub fn run(args: VerifyArgs) -> ExitCode {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem verify: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(verify(&args)) {
-        Err(message) => {
-            eprintln!("tandem verify: {message}");
-            ExitCode::from(2)
-        }
+    match super::run_tool("verify", verify(&args)) {
+        Err(code) => code,
         Ok(differences) if differences > 0 => ExitCode::from(1),
         Ok(_) => ExitCode::SUCCESS,
     }
