@@ -215,7 +215,7 @@ fn unknown_top_level_field_is_reported() {
     let errors = load_err(&format!("{MINIMAL}\nlistn: 0.0.0.0:6380\n"));
     assert_eq!(paths(&errors), ["listn"]);
     let message = &errors.errors()[0].message;
-    assert!(message.starts_with("unknown field \"listn\", expected one of: listen, admin,"), "{message}");
+    assert!(message.starts_with("unknown field \"listn\", expected one of: listen, tls, admin,"), "{message}");
     assert!(message.contains("did you mean \"listen\""), "{message}");
 }
 
