@@ -20,3 +20,9 @@ pub mod mirror;
 pub mod proto;
 pub mod route;
 pub mod server;
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it): the
+/// timestamps in journals and logs, and the "now" that relative TTLs become absolute against.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -184,10 +184,7 @@ impl Comparer {
     fn confirm(&self, sample: &Sample, class: Class, first: Class, serving: &Bytes, mirror: &Bytes) {
         self.count(Outcome::Mismatch);
         self.mismatches.with_label_values(&[sample.command.as_str(), class.as_str()]).inc();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::unix_ms();
         let mut entry = serde_json::json!({
             "time_ms": now,
             "command": sample.command,

@@ -199,8 +199,7 @@ impl Control {
 
     /// The ramp's status for `/status`.
     pub fn ramp_status(&self) -> Option<ramp::RampStatus> {
-        let unix_ms =
-            SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let unix_ms = crate::unix_ms();
         self.ramp
             .lock()
             .unwrap_or_else(|p| p.into_inner())

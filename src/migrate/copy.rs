@@ -195,8 +195,9 @@ impl ExpiryCommand {
     }
 }
 
+/// Now, in the signed milliseconds expiries are compared in.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::unix_ms() as i64
 }
 
 /// Runs `cmds` inside `MULTI`/`EXEC` and returns EXEC's replies, one per command.

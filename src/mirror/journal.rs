@@ -77,10 +77,7 @@ impl Journal {
 
     /// Records one key. Never blocks.
     pub fn record(&self, backend: &str, key: &[u8], command: &str, reason: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::unix_ms();
         let mut entry = serde_json::json!({
             "time_ms": now,
             "backend": backend,

@@ -254,7 +254,7 @@ impl Mirrors {
         let table = self.commands.load();
         let argv = req.argv();
         let name = table.lookup(&argv).map(|i| i.name.as_ref()).unwrap_or("");
-        let (payload, count, expect) = match effect::effect(name, &argv, reply, now_ms(), &self.scripts) {
+        let (payload, count, expect) = match effect::effect(name, &argv, reply, crate::unix_ms(), &self.scripts) {
             Effect::Nothing => return,
             Effect::Same => {
                 let expect = effect::compare_reply(name).then(|| reply.clone());
@@ -295,7 +295,7 @@ impl Mirrors {
             if !info.flags.contains(crate::proto::commands::Flags::WRITE) {
                 continue;
             }
-            match effect::effect(&info.name, &argv, part, now_ms(), &self.scripts) {
+            match effect::effect(&info.name, &argv, part, crate::unix_ms(), &self.scripts) {
                 Effect::Nothing => continue,
                 Effect::Same => {
                     buf.put(req.raw().clone());
@@ -443,10 +443,6 @@ pub fn split_array(frame: &Bytes) -> Option<Vec<Bytes>> {
         pos += len;
     }
     Some(parts)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
