@@ -96,13 +96,19 @@ pub(super) async fn run(
     let writer = async {
         let mut out = BytesMut::with_capacity(16 * 1024);
         loop {
-            while shared.waiters().len() >= MAX_OUTSTANDING {
-                let room = shared.room.notified();
-                if shared.waiters().len() < MAX_OUTSTANDING {
-                    break;
+            // Replies this batch may still add (one look at the queue per batch, not per job;
+            // replies arriving meanwhile only make it conservative).
+            let mut room = loop {
+                let owed = shared.waiters().len();
+                if owed < MAX_OUTSTANDING {
+                    break MAX_OUTSTANDING - owed;
                 }
-                room.await;
-            }
+                let freed = shared.room.notified();
+                if shared.waiters().len() < MAX_OUTSTANDING {
+                    continue;
+                }
+                freed.await;
+            };
             let Some(job) = jobs.recv().await else {
                 // The owner let go (client gone, backend replaced). Nothing owed: close now.
                 // Replies owed: give them `drain_limit`, so writes already sent still get
@@ -115,7 +121,6 @@ pub(super) async fn run(
                 tokio::time::sleep(drain_limit).await;
                 return Some(BackendError::unavailable(backend, "connection closed with replies still owed"));
             };
-            let mut room = MAX_OUTSTANDING.saturating_sub(shared.waiters().len()).max(1);
             push(&shared, &mut out, job);
             room -= 1;
             while out.len() < MAX_BATCH && room > 0 {
