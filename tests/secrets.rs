@@ -56,6 +56,9 @@ fn secrets_appear_in_no_output() {
         vec!["CLIENT", "LIST"],
         vec!["HELLO", "3", "AUTH", "app", USER_PASS],
         vec!["INCR", "k"],
+        vec!["MULTI"],
+        vec!["CONFIG", "GET", "requirepass"],
+        vec!["EXEC"],
     ] {
         replies.push_str(&String::from_utf8_lossy(&c.request(&cmd)));
     }

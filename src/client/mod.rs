@@ -372,6 +372,11 @@ impl Session {
                     let text = format!("ERR wrong number of arguments for '{}' command", i.name.replace('|', " "));
                     self.error(&text).await
                 }
+                // Its reply would reach the client inside EXEC's, past the redaction in `send`.
+                Some(i) if &*i.name == "config|get" => {
+                    self.multi_poisoned = true;
+                    self.error("ERR tandem: CONFIG GET is not allowed inside MULTI").await
+                }
                 Some(_) => {
                     drop(argv);
                     self.queued.push(req);
