@@ -957,3 +957,24 @@ fn bad_input_exits_2_with_a_clear_message() {
     let out = repair(dir.path(), &source.url(), &nobody, &["--report", "/nonexistent/report.json"]);
     out.expect_code(2);
 }
+
+/// `--rate` holds backfill and verify to the given keys per second (a lower bound on their
+/// time, which stays true however loaded the machine is).
+#[test]
+fn rate_limits_backfill_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    load_every_type(&mut conn(&source), "rate:", 1_200);
+    let started = std::time::Instant::now();
+    let out = backfill(dir.path(), &source.url(), &target.url(), &["--rate", "1000", "--count", "100"]);
+    out.expect_code(0);
+    let copied = n(&out.json(), "copied");
+    assert_eq!(copied, 1_200, "{out}");
+    assert!(started.elapsed() >= Duration::from_millis(1_100), "1,200 keys at 1,000/s took {:?}", started.elapsed());
+    // verify reads every key on both passes (source, then target): 2,400 keys at 1,500/s.
+    let started = std::time::Instant::now();
+    let out = verify(dir.path(), &source.url(), &target.url(), &["--rate", "1500", "--count", "100"]);
+    out.expect_code(0);
+    assert!(started.elapsed() >= Duration::from_millis(1_500), "2,400 keys at 1,500/s took {:?}", started.elapsed());
+}
