@@ -39,14 +39,27 @@ pub async fn connect(
     hs: &Handshake,
 ) -> Result<(BackendStream, Option<String>), BackendError> {
     let name = &settings.name;
-    let tcp = match timeout(settings.connect_timeout, TcpStream::connect(&settings.addr)).await {
+    let addr = match settings.sentinels() {
+        Some(s) => s.master().await.map_err(|e| BackendError::unavailable(name, e))?,
+        None => settings.addr.clone(),
+    };
+    let suspect = || {
+        if let Some(s) = settings.sentinels() {
+            s.suspect();
+        }
+    };
+    let tcp = match timeout(settings.connect_timeout, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(BackendError::unavailable(name, format!("connect {}: {e}", settings.addr))),
+        Ok(Err(e)) => {
+            suspect();
+            return Err(BackendError::unavailable(name, format!("connect {addr}: {e}")));
+        }
         Err(_) => {
+            suspect();
             return Err(BackendError::unavailable(
                 name,
-                format!("connect {}: timed out after {:?}", settings.addr, settings.connect_timeout),
-            ))
+                format!("connect {addr}: timed out after {:?}", settings.connect_timeout),
+            ));
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -54,12 +67,8 @@ pub async fn connect(
         None => BackendStream::Tcp(tcp),
         Some(tls) => match timeout(settings.connect_timeout, tls.connect(tcp, name)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(BackendError::unavailable(name, format!("TLS handshake with {}: {e}", settings.addr)))
-            }
-            Err(_) => {
-                return Err(BackendError::unavailable(name, format!("TLS handshake with {}: timed out", settings.addr)))
-            }
+            Ok(Err(e)) => return Err(BackendError::unavailable(name, format!("TLS handshake with {addr}: {e}"))),
+            Err(_) => return Err(BackendError::unavailable(name, format!("TLS handshake with {addr}: timed out"))),
         },
     };
 

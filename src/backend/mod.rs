@@ -15,10 +15,12 @@
 //! client, or to anyone else (the mirror and compare paths), which is why replies travel over
 //! one-shot channels rather than being written to a socket here.
 
+pub mod cluster;
 mod conn;
 mod dedicated;
 mod pipeline;
 mod pool;
+pub mod sentinel;
 pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,7 @@ use crate::proto::reply::{self, Protocol};
 
 pub use conn::{connect, Handshake};
 pub use dedicated::DedicatedConn;
+use pool::NodeConn;
 pub use pool::SharedConn;
 
 /// Everything needed to connect to one backend, resolved from the config (secrets included,
@@ -56,6 +59,46 @@ pub struct BackendSettings {
     pub backoff_max: Duration,
     /// Set for `rediss://` backends.
     pub tls: Option<tls::TlsClient>,
+    /// One server, a cluster, or a master found through sentinels.
+    pub topology: Topology,
+}
+
+/// How the server(s) behind a backend are found.
+#[derive(Clone, Debug, Default)]
+pub enum Topology {
+    /// `addr` is the server.
+    #[default]
+    Single,
+    /// A Redis Cluster discovered from these `host:port` seeds (`addr` is the first).
+    Cluster { seeds: Vec<String> },
+    /// The master these sentinels name (`addr` is the first sentinel, for display).
+    Sentinel(Arc<sentinel::Sentinels>),
+}
+
+impl BackendSettings {
+    /// The same settings for one node of a cluster.
+    pub fn for_node(&self, addr: &str) -> BackendSettings {
+        BackendSettings { addr: addr.to_string(), topology: Topology::Single, ..self.clone() }
+    }
+
+    pub(crate) fn sentinels(&self) -> Option<&Arc<sentinel::Sentinels>> {
+        match &self.topology {
+            Topology::Sentinel(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// What `addr` means, for status pages: `cluster 10.0.0.1:6379,...`, `sentinel ...`.
+    pub fn describe(&self) -> String {
+        match &self.topology {
+            Topology::Single => self.addr.clone(),
+            Topology::Cluster { seeds } => format!("cluster {}", seeds.join(",")),
+            Topology::Sentinel(s) => match s.current() {
+                Some(master) => format!("{master} (master \"{}\" via sentinels)", s.master_name()),
+                None => format!("master \"{}\" via sentinels (not yet found)", s.master_name()),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for BackendSettings {
@@ -68,6 +111,7 @@ impl std::fmt::Debug for BackendSettings {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("pool_size", &self.pool_size)
             .field("tls", &self.tls)
+            .field("topology", &self.topology)
             .finish()
     }
 }
@@ -181,6 +225,8 @@ impl Health {
 /// its health.
 pub struct Backend {
     settings: Arc<BackendSettings>,
+    /// Set for a Redis Cluster: its slot map and node connections.
+    cluster: Option<Arc<cluster::Cluster>>,
     pools: [OnceLock<Vec<SharedConn>>; 2],
     health: Arc<Health>,
     /// Set once the backend's `COMMAND` reply has been merged into the command table.
@@ -190,10 +236,17 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(settings: BackendSettings) -> Arc<Backend> {
+        let health = Arc::new(Health::default());
+        let settings = Arc::new(settings);
+        let cluster = match &settings.topology {
+            Topology::Cluster { seeds } => Some(cluster::Cluster::new(settings.clone(), seeds.clone(), health.clone())),
+            _ => None,
+        };
         Arc::new(Backend {
-            settings: Arc::new(settings),
+            settings,
+            cluster,
             pools: [OnceLock::new(), OnceLock::new()],
-            health: Arc::new(Health::default()),
+            health,
             commands_loaded: AtomicBool::new(false),
             server_version: OnceLock::new(),
         })
@@ -224,16 +277,31 @@ impl Backend {
             Protocol::Resp3 => 1,
         };
         let pool = self.pools[idx].get_or_init(|| {
-            (0..self.settings.pool_size.max(1))
-                .map(|_| SharedConn::spawn(self.settings.clone(), proto, self.health.clone()))
-                .collect()
+            let width = self.settings.pool_size.max(1);
+            match &self.cluster {
+                Some(c) => {
+                    let lanes = cluster::Lanes::new(c.clone(), proto, pool::SHARED_QUEUE, width);
+                    (0..width).map(|lane| SharedConn::cluster(lanes.clone(), lane)).collect()
+                }
+                None => (0..width)
+                    .map(|_| SharedConn::node(NodeConn::spawn(self.settings.clone(), proto, self.health.clone())))
+                    .collect(),
+            }
         });
         &pool[(client_id % pool.len() as u64) as usize]
     }
 
     /// Opens the RESP2 pool now, so the first client does not pay for the connect.
     pub fn warm_up(&self) {
+        if let Some(c) = &self.cluster {
+            c.start();
+        }
         let _ = self.shared(Protocol::Resp2, 0);
+    }
+
+    /// The cluster behind this backend, if it is one.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Resolves once every command sent to the pooled connections before the call has been
@@ -244,9 +312,7 @@ impl Backend {
         for pool in &self.pools {
             if let Some(conns) = pool.get() {
                 for conn in conns {
-                    let (job, rx) = Job::single(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
-                    conn.send(job).await;
-                    waits.push(rx);
+                    waits.extend(conn.fence().await);
                 }
             }
         }
@@ -258,7 +324,15 @@ impl Backend {
     /// A connection of its own for mirrored writes, with a queue of `capacity` jobs that
     /// callers fill with [`SharedConn::try_send`] so a slow mirror never blocks them.
     pub fn mirror_conn(&self, capacity: usize) -> SharedConn {
-        SharedConn::spawn_with(self.settings.clone(), Protocol::Resp2, Arc::new(Health::default()), capacity)
+        match &self.cluster {
+            Some(c) => SharedConn::cluster(cluster::Lanes::new(c.clone(), Protocol::Resp2, capacity, 1), 0),
+            None => SharedConn::node(NodeConn::spawn_with(
+                self.settings.clone(),
+                Protocol::Resp2,
+                Arc::new(Health::default()),
+                capacity,
+            )),
+        }
     }
 
     /// Opens a dedicated connection carrying the given per-connection state.
@@ -268,13 +342,19 @@ impl Backend {
         hs: &Handshake,
         pushes: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
     ) -> Result<DedicatedConn, BackendError> {
-        DedicatedConn::open(self.settings.clone(), hs, pushes).await
+        match &self.cluster {
+            Some(c) => DedicatedConn::cluster(c.clone(), hs, pushes).await,
+            None => DedicatedConn::open(self.settings.clone(), hs, pushes).await,
+        }
     }
 
     /// Opens a plain connection with the handshake done, for callers that drive the socket
     /// themselves (Pub/Sub pass-through, the command-table refresh).
     pub async fn raw(&self, hs: &Handshake) -> Result<tls::BackendStream, BackendError> {
-        let (stream, version) = conn::connect(&self.settings, hs).await?;
+        let (stream, version) = match &self.cluster {
+            Some(c) => conn::connect(&c.any_node().await?, hs).await?,
+            None => conn::connect(&self.settings, hs).await?,
+        };
         if let Some(v) = version {
             let _ = self.server_version.set(v);
         }

@@ -83,7 +83,17 @@ pub(super) async fn run(
     backend: &std::sync::Arc<str>,
     pushes: Option<&mpsc::UnboundedSender<bytes::Bytes>>,
     drain_limit: Duration,
+    sentinels: Option<&std::sync::Arc<super::sentinel::Sentinels>>,
 ) -> End {
+    let mut epoch = sentinels.map(|s| s.epoch());
+    let switched = async {
+        match &mut epoch {
+            Some(rx) => {
+                let _ = rx.changed().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     let (mut rd, mut wr) = stream.into_split();
     let shared = Shared {
         waiters: Mutex::new(VecDeque::with_capacity(64)),
@@ -152,6 +162,12 @@ pub(super) async fn run(
                     Err(e) => return Err(BackendError::unavailable(backend, e)),
                 };
                 let frame = buf.split_to(len).freeze();
+                if let Some(s) = sentinels {
+                    if frame.starts_with(b"-READONLY") {
+                        // The master was demoted: find the new one.
+                        s.suspect();
+                    }
+                }
                 if frame.first() == Some(&b'>') {
                     // A RESP3 push (client tracking invalidation) is not a reply: it goes to
                     // the client out of band, or nowhere on a shared connection.
@@ -216,6 +232,7 @@ pub(super) async fn run(
     let outcome = tokio::select! {
         err = writer => err.map_or(Ok(()), Err),
         res = reader => res,
+        _ = switched => Err(BackendError::unavailable(backend, "master switched; reconnecting")),
     };
     match outcome {
         Ok(()) => End::Finished,

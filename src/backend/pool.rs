@@ -7,25 +7,90 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::cluster::Lanes;
 use super::conn::{connect, Handshake};
 use super::pipeline::{self, End};
-use super::{BackendError, BackendSettings, Health, Job};
+use super::{BackendError, BackendSettings, Health, Job, Reply};
 use crate::proto::reply::Protocol;
 
 /// Jobs queued per shared connection before senders wait (backpressure on clients).
 const QUEUE: usize = 4096;
 
-/// Handle to one pooled connection.
+/// Jobs queued per shared connection (the default capacity of [`NodeConn::spawn_with`]).
+pub(super) const SHARED_QUEUE: usize = QUEUE;
+
+/// Handle to one pooled connection: to one server, or to a cluster (whose jobs are routed to
+/// the node serving their slot).
 #[derive(Clone)]
-pub struct SharedConn {
-    tx: mpsc::Sender<Job>,
+pub struct SharedConn(Shared);
+
+#[derive(Clone)]
+enum Shared {
+    Node(NodeConn),
+    Cluster(Arc<Lanes>, usize),
 }
 
 impl SharedConn {
-    pub(super) fn spawn(settings: Arc<BackendSettings>, proto: Protocol, health: Arc<Health>) -> SharedConn {
-        SharedConn::spawn_with(settings, proto, health, QUEUE)
+    pub(super) fn node(conn: NodeConn) -> SharedConn {
+        SharedConn(Shared::Node(conn))
+    }
+
+    /// Lane `lane` of a cluster's connection set.
+    pub(super) fn cluster(lanes: Arc<Lanes>, lane: usize) -> SharedConn {
+        SharedConn(Shared::Cluster(lanes, lane))
+    }
+
+    /// Queues a job if there is room; gives it back otherwise.
+    pub fn try_send(&self, job: Job) -> Result<(), Job> {
+        match &self.0 {
+            Shared::Node(c) => c.try_send(job),
+            Shared::Cluster(lanes, lane) => lanes.try_send(job, *lane),
+        }
+    }
+
+    /// Jobs waiting in the queue(s) (not yet written to a backend).
+    pub fn queued(&self) -> usize {
+        match &self.0 {
+            Shared::Node(c) => c.queued(),
+            Shared::Cluster(lanes, lane) => lanes.queued(*lane),
+        }
+    }
+
+    /// Queues a job; waits only if a connection's queue is full.
+    pub async fn send(&self, job: Job) {
+        match &self.0 {
+            Shared::Node(c) => c.send(job).await,
+            Shared::Cluster(lanes, lane) => lanes.send(job, *lane).await,
+        }
+    }
+
+    /// Sends a PING through every underlying connection; the receivers resolve once every
+    /// job queued before it has been answered.
+    pub(super) async fn fence(&self) -> Vec<oneshot::Receiver<Reply>> {
+        match &self.0 {
+            Shared::Node(c) => vec![c.ping().await],
+            Shared::Cluster(lanes, lane) => {
+                let mut out = Vec::new();
+                for c in lanes.node_conns(*lane) {
+                    out.push(c.ping().await);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Handle to one pooled connection to one server.
+#[derive(Clone)]
+pub struct NodeConn {
+    tx: mpsc::Sender<Job>,
+}
+
+impl NodeConn {
+    pub(super) fn spawn(settings: Arc<BackendSettings>, proto: Protocol, health: Arc<Health>) -> NodeConn {
+        NodeConn::spawn_with(settings, proto, health, QUEUE)
     }
 
     pub(super) fn spawn_with(
@@ -33,10 +98,21 @@ impl SharedConn {
         proto: Protocol,
         health: Arc<Health>,
         capacity: usize,
-    ) -> SharedConn {
+    ) -> NodeConn {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(supervise(settings, proto, rx, health));
-        SharedConn { tx }
+        NodeConn { tx }
+    }
+
+    /// Whether a job could be queued now without waiting.
+    pub(super) fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    async fn ping(&self) -> oneshot::Receiver<Reply> {
+        let (job, rx) = Job::single(bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+        self.send(job).await;
+        rx
     }
 
     /// Queues a job if there is room; gives it back otherwise.
@@ -80,6 +156,7 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
                     &settings.name,
                     None,
                     settings.command_timeout,
+                    settings.sentinels(),
                 )
                 .await
                 {

@@ -21,7 +21,7 @@
 //! replay exactly the block that succeeded.
 
 pub mod auth;
-mod merge;
+pub mod merge;
 pub mod tls;
 mod writer;
 

@@ -34,7 +34,7 @@ mod secret;
 mod tests;
 mod types;
 pub mod units;
-mod url;
+pub mod url;
 mod validate;
 
 use std::path::Path;
@@ -173,8 +173,15 @@ impl Config {
             return Err(ConfigErrors::single("--source", "required when no configuration file is given"));
         }
         // A stand-in, always replaced by `source` (or the call fails).
-        let placeholder =
-            BackendUrl { tls: false, host: "127.0.0.1".to_string(), port: DEFAULT_REDIS_PORT, db: 0, username: None };
+        let placeholder = BackendUrl {
+            tls: false,
+            host: "127.0.0.1".to_string(),
+            port: DEFAULT_REDIS_PORT,
+            db: 0,
+            username: None,
+            topology: Default::default(),
+            more: Vec::new(),
+        };
         let mut config = Config::with_source(Backend::new(placeholder));
         config.apply_overrides(listen, admin, source, target)?;
         Ok(config)

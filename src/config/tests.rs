@@ -161,7 +161,18 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(config.log.level, "info");
     assert!(config.backends.target.is_none());
     let source = &config.backends.source;
-    assert_eq!(source.url, BackendUrl { tls: false, host: "127.0.0.1".into(), port: 6379, db: 0, username: None });
+    assert_eq!(
+        source.url,
+        BackendUrl {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 6379,
+            db: 0,
+            username: None,
+            topology: Default::default(),
+            more: Vec::new()
+        }
+    );
     assert_backend_defaults(source);
     assert_eq!(config.limits.max_clients, 10_000);
     assert_eq!(config.limits.max_bulk_len, 512 * 1024 * 1024);
@@ -313,7 +324,8 @@ fn missing_required_fields_are_reported_once() {
         pairs(&load_err("backends: {source: {url: 'http://x'}}")),
         [(
             "backends.source.url".to_string(),
-            "unsupported scheme \"http\" (expected redis:// or rediss://)".to_string()
+            "unsupported scheme \"http\" (expected redis://, rediss://, redis+cluster:// or redis+sentinel://)"
+                .to_string()
         )]
     );
 }
@@ -553,7 +565,10 @@ fn bad_urls_are_rejected_with_clear_messages() {
     assert_eq!(err("redis://h:70000"), UrlError::InvalidPort("70000".into()));
     assert_eq!(err("redis://h:0"), UrlError::InvalidPort("0".into()));
     assert_eq!(err("redis://h:"), UrlError::InvalidPort("".into()));
-    assert_eq!(err("http://h:1").to_string(), "unsupported scheme \"http\" (expected redis:// or rediss://)");
+    assert_eq!(
+        err("http://h:1").to_string(),
+        "unsupported scheme \"http\" (expected redis://, rediss://, redis+cluster:// or redis+sentinel://)"
+    );
     assert_eq!(err("redis://:6379").to_string(), "missing host");
     assert_eq!(err("redis://"), UrlError::MissingHost);
     assert_eq!(err(""), UrlError::Empty);
@@ -785,4 +800,36 @@ fn from_overrides_builds_a_config_without_a_file() {
 
     let same = Config::from_overrides(None, None, Some("redis://h:1".into()), Some("h:1".into())).expect_err("same");
     assert_eq!(same.to_string(), "--target: same address as --source");
+}
+
+#[test]
+fn cluster_and_sentinel_urls() {
+    use crate::config::url::Topology;
+    let c = url("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002");
+    assert_eq!(c.topology, Topology::Cluster);
+    assert_eq!(c.addrs(), ["10.0.0.1:7000", "10.0.0.2:7001", "[::1]:7002"]);
+    assert_eq!(c.to_string(), "redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002");
+    let tls: BackendUrl = "rediss+cluster://a:1".parse().unwrap();
+    assert!(tls.tls && tls.topology == Topology::Cluster);
+    assert_eq!(
+        "redis+cluster://a:1/2".parse::<BackendUrl>().unwrap_err().to_string(),
+        "a Redis Cluster has only database 0"
+    );
+
+    let s = url("redis+sentinel://s1,s2:5000/mymaster/3");
+    assert_eq!(s.topology, Topology::Sentinel { master: "mymaster".into() });
+    assert_eq!(s.addrs(), ["s1:26379", "s2:5000"]);
+    assert_eq!(s.db, 3);
+    assert_eq!(s.to_string(), "redis+sentinel://s1:26379,s2:5000/mymaster/3");
+    assert_eq!(
+        "redis+sentinel://s1:5000".parse::<BackendUrl>().unwrap_err().to_string(),
+        "missing master name (expected redis+sentinel://host:port,.../master-name)"
+    );
+    assert_eq!(
+        "redis://a:1,b:2".parse::<BackendUrl>().unwrap_err().to_string(),
+        "several addresses need redis+cluster:// or redis+sentinel://"
+    );
+    // Sharing one address makes two clusters the same endpoint.
+    assert!(url("redis+cluster://a:1,b:2").same_endpoint(&url("redis+cluster://c:3,b:2")));
+    assert!(!url("redis+cluster://a:1").same_endpoint(&url("redis://a:1")));
 }

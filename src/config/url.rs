@@ -2,7 +2,13 @@
 //!
 //! Accepted forms: `redis://host:port[/db]`, `rediss://host:port[/db]` (TLS),
 //! and a bare `host:port[/db]` (plain `redis://`). The port defaults to 6379
-//! and the database to 0. IPv6 literals go in brackets: `redis://[::1]:6379`.
+//! and the database to 0. Two more forms name a group of servers:
+//! - `redis+cluster://host1:port,host2:port` (or `rediss+cluster://`): a Redis Cluster,
+//!   reached through any of the listed nodes (the seeds); always database 0;
+//! - `redis+sentinel://s1:port,s2:port/master-name[/db]` (or `rediss+sentinel://`): the
+//!   master the sentinels know by that name (sentinel ports default to 26379).
+//!
+//! IPv6 literals go in brackets: `redis://[::1]:6379`.
 //! A user name may be given as `redis://user@host:port`; a password may not:
 //! it would sit in plain text in the file, in shell history and in process
 //! listings, so `password_env` / `password_file` are the only ways in.
@@ -15,6 +21,21 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// The port used when a URL names none.
 pub const DEFAULT_REDIS_PORT: u16 = 6379;
+
+/// The port used for a sentinel when a `redis+sentinel://` URL names none.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+
+/// What kind of deployment a URL names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`redis://`).
+    #[default]
+    Single,
+    /// A Redis Cluster; the URL's addresses are seeds for discovering it.
+    Cluster,
+    /// The master that the listed sentinels know as `master`.
+    Sentinel { master: String },
+}
 
 /// A parsed backend address. `Display` gives the canonical
 /// `redis[s]://[user@]host:port[/db]` form (the database is shown when not 0).
@@ -30,6 +51,10 @@ pub struct BackendUrl {
     pub db: u32,
     /// User name given in the URL (`redis://user@host`), if any.
     pub username: Option<String>,
+    /// One server, a cluster or a sentinel-managed master.
+    pub topology: Topology,
+    /// The addresses after the first (`host`/`port`) in a cluster or sentinel URL.
+    pub more: Vec<(String, u16)>,
 }
 
 /// Why a backend URL was rejected. Messages never contain a password.
@@ -39,7 +64,7 @@ pub enum UrlError {
     #[error("empty URL")]
     Empty,
     /// A scheme other than `redis` or `rediss`.
-    #[error("unsupported scheme \"{0}\" (expected redis:// or rediss://)")]
+    #[error("unsupported scheme \"{0}\" (expected redis://, rediss://, redis+cluster:// or redis+sentinel://)")]
     UnsupportedScheme(String),
     /// `user:password@` in the URL.
     #[error("a password must not be written in the URL; remove it and use password_env or password_file instead")]
@@ -68,6 +93,15 @@ pub enum UrlError {
     /// A path that is not `/` followed by a database number.
     #[error("invalid database \"{0}\" (expected a number, e.g. redis://host:6379/0)")]
     InvalidDb(String),
+    /// A cluster URL naming a database other than 0.
+    #[error("a Redis Cluster has only database 0")]
+    ClusterDb,
+    /// A sentinel URL without `/master-name`.
+    #[error("missing master name (expected redis+sentinel://host:port,.../master-name)")]
+    MissingMaster,
+    /// More than one address in a plain URL.
+    #[error("several addresses need redis+cluster:// or redis+sentinel://")]
+    ManyHosts,
     /// `?query` or `#fragment` (not echoed: it may hold a password).
     #[error("query parameters and fragments (\"?...\", \"#...\") are not supported; use the backend's fields instead")]
     QueryNotSupported,
@@ -76,18 +110,33 @@ pub enum UrlError {
 impl BackendUrl {
     /// `host:port` for connecting, with IPv6 hosts in brackets.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        join_host_port(&self.host, self.port)
+    }
+
+    /// Every address in the URL (`host:port`): the server, the cluster's seeds or the
+    /// sentinels.
+    pub fn addrs(&self) -> Vec<String> {
+        let mut out = vec![self.addr()];
+        out.extend(self.more.iter().map(|(h, p)| join_host_port(h, *p)));
+        out
     }
 
     /// Whether both URLs name the same server and database (host compared
     /// case-insensitively; names are not resolved, so `localhost` and
-    /// `127.0.0.1` count as different).
+    /// `127.0.0.1` count as different). Clusters and sentinel groups are the same when
+    /// they share an address (and, for sentinels, the master name).
     pub fn same_endpoint(&self, other: &BackendUrl) -> bool {
-        self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port && self.db == other.db
+        if self.topology != other.topology {
+            return false;
+        }
+        let same = |(h1, p1): (&str, u16), (h2, p2): (&str, u16)| h1.eq_ignore_ascii_case(h2) && p1 == p2;
+        let mine =
+            std::iter::once((self.host.as_str(), self.port)).chain(self.more.iter().map(|(h, p)| (h.as_str(), *p)));
+        let theirs: Vec<(&str, u16)> = std::iter::once((other.host.as_str(), other.port))
+            .chain(other.more.iter().map(|(h, p)| (h.as_str(), *p)))
+            .collect();
+        let shared = mine.into_iter().any(|a| theirs.iter().any(|&b| same(a, b)));
+        shared && self.db == other.db
     }
 }
 
@@ -99,13 +148,17 @@ impl FromStr for BackendUrl {
         if input.is_empty() {
             return Err(UrlError::Empty);
         }
-        let (tls, rest) = match input.split_once("://") {
+        let (tls, topology, rest) = match input.split_once("://") {
             Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-                "redis" => (false, rest),
-                "rediss" => (true, rest),
+                "redis" => (false, Topology::Single, rest),
+                "rediss" => (true, Topology::Single, rest),
+                "redis+cluster" => (false, Topology::Cluster, rest),
+                "rediss+cluster" => (true, Topology::Cluster, rest),
+                "redis+sentinel" => (false, Topology::Sentinel { master: String::new() }, rest),
+                "rediss+sentinel" => (true, Topology::Sentinel { master: String::new() }, rest),
                 _ => return Err(UrlError::UnsupportedScheme(scheme.to_string())),
             },
-            None => (false, input),
+            None => (false, Topology::Single, input),
         };
         if rest.contains(['?', '#']) {
             // Checked before anything is echoed: a query may carry a password.
@@ -137,10 +190,31 @@ impl FromStr for BackendUrl {
             Some(slash) => (&rest[..slash], &rest[slash + 1..]),
             None => (rest, ""),
         };
-        let (host, port) = split_host_port(authority)?;
-        let port = match port {
-            None => DEFAULT_REDIS_PORT,
-            Some(text) => parse_port(text)?,
+        let default_port = match topology {
+            Topology::Sentinel { .. } => DEFAULT_SENTINEL_PORT,
+            _ => DEFAULT_REDIS_PORT,
+        };
+        let mut addrs = Vec::new();
+        for part in authority.split(',') {
+            let (host, port) = split_host_port(part)?;
+            let port = match port {
+                None => default_port,
+                Some(text) => parse_port(text)?,
+            };
+            addrs.push((host, port));
+        }
+        if addrs.len() > 1 && topology == Topology::Single {
+            return Err(UrlError::ManyHosts);
+        }
+        let (topology, path) = match topology {
+            Topology::Sentinel { .. } => {
+                let (master, db) = path.split_once('/').unwrap_or((path, ""));
+                if master.is_empty() {
+                    return Err(UrlError::MissingMaster);
+                }
+                (Topology::Sentinel { master: master.to_string() }, db)
+            }
+            other => (other, path),
         };
         let db = if path.is_empty() {
             0
@@ -150,7 +224,12 @@ impl FromStr for BackendUrl {
                 .filter(|_| path.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(|| UrlError::InvalidDb(path.to_string()))?
         };
-        Ok(BackendUrl { tls, host, port, db, username })
+        if topology == Topology::Cluster && db != 0 {
+            return Err(UrlError::ClusterDb);
+        }
+        let mut addrs = addrs.into_iter();
+        let (host, port) = addrs.next().ok_or(UrlError::MissingHost)?;
+        Ok(BackendUrl { tls, host, port, db, username, topology, more: addrs.collect() })
     }
 }
 
@@ -206,13 +285,30 @@ fn split_host_port(authority: &str) -> Result<(String, Option<&str>), UrlError> 
     Ok((host.to_string(), port))
 }
 
+/// `host:port`, with an IPv6 host in brackets.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 impl fmt::Display for BackendUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
+        f.write_str(if self.tls { "rediss" } else { "redis" })?;
+        f.write_str(match self.topology {
+            Topology::Single => "://",
+            Topology::Cluster => "+cluster://",
+            Topology::Sentinel { .. } => "+sentinel://",
+        })?;
         if let Some(user) = &self.username {
             write!(f, "{user}@")?;
         }
-        f.write_str(&self.addr())?;
+        f.write_str(&self.addrs().join(","))?;
+        if let Topology::Sentinel { master } = &self.topology {
+            write!(f, "/{master}")?;
+        }
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
         }

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, BackendSettings};
+use crate::backend::sentinel::Sentinels;
+use crate::backend::{Backend, BackendSettings, Topology};
 use crate::client::auth::Users;
 use crate::config::{self, Config};
 use crate::proto::request::Limits;
@@ -626,6 +627,13 @@ pub fn backend_settings(name: &str, b: &config::Backend) -> BackendSettings {
         backoff_min: b.reconnect_backoff.min,
         backoff_max: b.reconnect_backoff.max,
         tls: b.tls_client().cloned(),
+        topology: match &b.url.topology {
+            config::url::Topology::Single => Topology::Single,
+            config::url::Topology::Cluster => Topology::Cluster { seeds: b.url.addrs() },
+            config::url::Topology::Sentinel { master } => {
+                Topology::Sentinel(Sentinels::new(name.into(), b.url.addrs(), master.clone(), b.connect_timeout))
+            }
+        },
     }
 }
 

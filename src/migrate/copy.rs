@@ -202,6 +202,9 @@ pub fn now_ms() -> i64 {
 
 /// Runs `cmds` inside `MULTI`/`EXEC` and returns EXEC's replies, one per command.
 async fn transaction(conn: &mut Conn, cmds: Vec<Bytes>) -> anyhow::Result<Vec<Value>> {
+    if conn.is_cluster() {
+        return cluster_transactions(conn, cmds).await;
+    }
     let n = cmds.len();
     let mut all = Vec::with_capacity(n + 2);
     all.push(reply::command(&[b"MULTI"]));
@@ -224,6 +227,48 @@ async fn transaction(conn: &mut Conn, cmds: Vec<Bytes>) -> anyhow::Result<Vec<Va
         }
         other => anyhow::bail!("{}: unexpected EXEC reply {other:?}", conn.name()),
     }
+}
+
+/// [`transaction`] on a cluster, where one transaction cannot span slots: one `MULTI`/`EXEC`
+/// per slot (each key's reads stay together), all sent in one batch.
+async fn cluster_transactions(conn: &mut Conn, cmds: Vec<Bytes>) -> anyhow::Result<Vec<Value>> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        let argv = crate::backend::cluster::command_args(cmd);
+        let slot = crate::route::slot(argv.get(1).copied().unwrap_or_default());
+        match groups.iter_mut().find(|g| g.0 == slot) {
+            Some(g) => g.1.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    let mut all = Vec::with_capacity(cmds.len() + 2 * groups.len());
+    for (_, members) in &groups {
+        all.push(reply::command(&[b"MULTI"]));
+        all.extend(members.iter().map(|&i| cmds[i].clone()));
+        all.push(reply::command(&[b"EXEC"]));
+    }
+    let replies = conn.call_many(&all).await?;
+    let mut out = vec![Value::Nil; cmds.len()];
+    let mut at = 0;
+    for (_, members) in &groups {
+        let unit = &replies[at..at + members.len() + 2];
+        at += members.len() + 2;
+        match unit.last() {
+            Some(Value::Array(results)) if results.len() == members.len() => {
+                for (&i, v) in members.iter().zip(results) {
+                    out[i] = v.clone();
+                }
+            }
+            other => {
+                let why = unit.iter().find_map(|r| match r {
+                    Value::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
+                    _ => None,
+                });
+                anyhow::bail!("{}: transaction refused: {}", conn.name(), why.unwrap_or_else(|| format!("{other:?}")))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `DUMP` payloads and expiries of `keys` in one transaction.

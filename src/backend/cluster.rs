@@ -1,0 +1,939 @@
+//! A backend that is a Redis Cluster (`redis+cluster://seed1,seed2`), seen by clients as one
+//! plain Redis.
+//!
+//! - **Topology.** The slot map comes from `CLUSTER SLOTS`, asked of a known primary or a
+//!   seed. It is refreshed every few seconds, and at once when a node redirects a command
+//!   (`-MOVED`), says the cluster is down, or cannot be reached.
+//! - **Routing.** A command goes to the primary serving its first key's slot, over a pooled,
+//!   pipelined connection per node (one set per lane, so one client's commands to one node
+//!   keep their order). Keyless commands go to any primary.
+//! - **Redirects.** `-MOVED` is retried on the named node, `-ASK` with `ASKING` first,
+//!   `-TRYAGAIN` and `-CLUSTERDOWN` after a short pause; a client sees the final answer only.
+//! - **Multi-key commands** (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) whose keys span slots
+//!   are split per slot and the replies merged, as the proxy does between its two backends.
+//! - **Whole-keyspace commands.** DBSIZE and KEYS ask every primary and add up; FLUSHALL,
+//!   FLUSHDB, SCRIPT LOAD and SCRIPT FLUSH run on every primary; SCAN walks the primaries one
+//!   after the other behind one cursor (`node cursor * 1024 + primary index`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::conn::{self, Handshake};
+use super::pool::NodeConn;
+use super::{BackendError, BackendSettings, Health, Job, Reply, Sink};
+use crate::client::merge::{self, MergeKind, Part};
+use crate::proto::commands::CommandTable;
+use crate::proto::reply::{self, Protocol};
+use crate::proto::value::{self, Value};
+
+const SLOTS: usize = 16384;
+/// A slot no known node serves.
+const NONE: u32 = u32::MAX;
+/// How many times one command follows redirects before its last answer is returned.
+const MAX_ATTEMPTS: u32 = 12;
+/// The slot map is asked for again this often even when nothing suggests a change.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// SCAN cursors carry the primary's index in their low part.
+const SCAN_SPREAD: u64 = 1024;
+
+/// Which primary serves each slot.
+struct SlotMap {
+    slots: Box<[u32]>,
+    /// Node ids of the primaries, ordered by address (the SCAN order).
+    primaries: Vec<u32>,
+}
+
+impl SlotMap {
+    fn empty() -> SlotMap {
+        SlotMap { slots: vec![NONE; SLOTS].into_boxed_slice(), primaries: Vec::new() }
+    }
+}
+
+/// The cluster: seeds, slot map and the registry of nodes ever seen.
+pub struct Cluster {
+    settings: Arc<BackendSettings>,
+    seeds: Vec<String>,
+    map: ArcSwap<SlotMap>,
+    /// Node id -> settings for that node (ids are indices and never reused).
+    nodes: RwLock<Vec<Arc<BackendSettings>>>,
+    by_addr: Mutex<HashMap<String, u32>>,
+    health: Arc<Health>,
+    wanted: tokio::sync::Notify,
+    refreshing: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    started: AtomicBool,
+    redirects: AtomicU64,
+}
+
+impl Cluster {
+    pub fn new(settings: Arc<BackendSettings>, seeds: Vec<String>, health: Arc<Health>) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            settings,
+            seeds,
+            map: ArcSwap::from_pointee(SlotMap::empty()),
+            nodes: RwLock::new(Vec::new()),
+            by_addr: Mutex::new(HashMap::new()),
+            health,
+            wanted: tokio::sync::Notify::new(),
+            refreshing: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            redirects: AtomicU64::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.settings.name
+    }
+
+    /// Redirects (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) followed so far.
+    pub fn redirects(&self) -> u64 {
+        self.redirects.load(Ordering::Relaxed)
+    }
+
+    /// The primaries' addresses, in SCAN order.
+    pub fn primaries(&self) -> Vec<String> {
+        let map = self.map.load();
+        map.primaries.iter().map(|&n| self.node(n).addr.clone()).collect()
+    }
+
+    /// Starts the task that keeps the slot map current (once).
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(me) = weak.upgrade() else { return };
+                    if let Err(e) = me.refresh().await {
+                        tracing::warn!(backend = %me.settings.name, error = %e, "cluster: slot map refresh failed");
+                    }
+                    tokio::select! {
+                        _ = me.wanted.notified() => {}
+                        _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                    }
+                }
+                // At most ten refreshes a second, however many redirects ask for one.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Asks for a refresh of the slot map soon.
+    fn want_refresh(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Waits until a slot map is known (loading it now if none is).
+    pub async fn ready(self: &Arc<Self>) -> Result<(), BackendError> {
+        self.start();
+        if !self.map.load().primaries.is_empty() {
+            return Ok(());
+        }
+        self.refresh().await
+    }
+
+    /// Settings for connecting to any one primary (for Pub/Sub and the command table).
+    pub async fn any_node(self: &Arc<Self>) -> Result<BackendSettings, BackendError> {
+        self.ready().await?;
+        let map = self.map.load();
+        let id = map.primaries.first().copied().ok_or_else(|| self.unavailable("no primary known"))?;
+        Ok(self.node(id).as_ref().clone())
+    }
+
+    fn unavailable(&self, why: impl std::fmt::Display) -> BackendError {
+        BackendError::unavailable(&self.settings.name, why)
+    }
+
+    fn node(&self, id: u32) -> Arc<BackendSettings> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes[id as usize].clone()
+    }
+
+    /// The id of the node at `addr`, registering it the first time it is seen.
+    fn node_id(&self, addr: &str) -> u32 {
+        let mut by_addr = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = by_addr.get(addr) {
+            return id;
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let id = nodes.len() as u32;
+        nodes.push(Arc::new(self.settings.for_node(addr)));
+        by_addr.insert(addr.to_string(), id);
+        id
+    }
+
+    /// The primary for `slot`, or any primary when the slot is not covered (it will
+    /// redirect or say the cluster is down, and the map will be refreshed).
+    fn slot_node(&self, slot: u16, lane: usize) -> Option<u32> {
+        let map = self.map.load();
+        match map.slots[slot as usize] {
+            NONE => {
+                self.want_refresh();
+                pick(&map.primaries, lane)
+            }
+            id => Some(id),
+        }
+    }
+
+    /// Reloads the slot map from the first primary or seed that answers.
+    pub async fn refresh(&self) -> Result<(), BackendError> {
+        let seen = self.generation.load(Ordering::Acquire);
+        let _one = self.refreshing.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            // Someone else refreshed while this call waited.
+            return Ok(());
+        }
+        let mut candidates = self.primaries();
+        for s in &self.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let mut errors = Vec::new();
+        for addr in candidates {
+            match fetch_slots(&self.settings.for_node(&addr)).await {
+                Ok(ranges) if !ranges.is_empty() => {
+                    self.install(&ranges);
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    self.health.set_up();
+                    return Ok(());
+                }
+                Ok(_) => errors.push(format!("{addr}: no slots assigned")),
+                Err(e) => errors.push(e),
+            }
+        }
+        let err = self.unavailable(format!("cluster slot map: {}", errors.join("; ")));
+        self.health.set_down(&err);
+        Err(err)
+    }
+
+    fn install(&self, ranges: &[(u16, u16, String)]) {
+        let mut map = SlotMap::empty();
+        let mut primaries: Vec<(String, u32)> = Vec::new();
+        for (start, end, addr) in ranges {
+            let id = self.node_id(addr);
+            for slot in *start..=*end {
+                map.slots[slot as usize] = id;
+            }
+            if !primaries.iter().any(|(_, p)| *p == id) {
+                primaries.push((addr.clone(), id));
+            }
+        }
+        primaries.sort();
+        map.primaries = primaries.into_iter().map(|(_, id)| id).collect();
+        let old = self.map.load();
+        if old.primaries != map.primaries || old.slots != map.slots {
+            let covered = map.slots.iter().filter(|&&n| n != NONE).count();
+            tracing::info!(
+                backend = %self.settings.name,
+                primaries = %self.primaries_of(&map).join(","),
+                covered,
+                "cluster: slot map updated"
+            );
+        }
+        self.map.store(Arc::new(map));
+    }
+
+    fn primaries_of(&self, map: &SlotMap) -> Vec<String> {
+        map.primaries.iter().map(|&n| self.node(n).addr.clone()).collect()
+    }
+
+    /// Where a command (or a block of commands) goes.
+    fn route(&self, payload: &Bytes, replies: u32, lane: usize) -> Route {
+        let map = self.map.load();
+        let any = || match pick(&map.primaries, lane) {
+            Some(n) => Route::One(n),
+            None => Route::Reply(BackendError::unavailable(&self.settings.name, "no cluster primary known").to_resp()),
+        };
+        let table = builtin();
+        if replies != 1 {
+            // A MULTI block or a SELECT-wrapped command: the first key decides.
+            let mut rest = &payload[..];
+            while let Some((argv, used)) = parse_command(rest) {
+                rest = &rest[used..];
+                if let Some(info) = table.lookup(&argv) {
+                    if let Some(&k) = info.key_indices(&argv).first() {
+                        return self.slot_node(crate::route::slot(argv[k]), lane).map_or_else(any, Route::One);
+                    }
+                }
+            }
+            return any();
+        }
+        let Some((argv, _)) = parse_command(payload) else { return any() };
+        let Some(info) = table.lookup(&argv) else { return any() };
+        let keys = info.key_indices(&argv);
+        if keys.is_empty() {
+            return match &*info.name {
+                "dbsize" => Route::All(Fan::Sum, map.primaries.clone()),
+                "keys" => Route::All(Fan::Concat, map.primaries.clone()),
+                "flushall" | "flushdb" | "script|flush" => Route::All(Fan::AllOk, map.primaries.clone()),
+                "script|load" => Route::All(Fan::Same, map.primaries.clone()),
+                "scan" => self.route_scan(&map, &argv),
+                _ => any(),
+            };
+        }
+        let first = crate::route::slot(argv[keys[0]]);
+        let kind = MergeKind::for_command(&info.name);
+        if kind.is_none() || keys.iter().all(|&k| crate::route::slot(argv[k]) == first) {
+            return self.slot_node(first, lane).map_or_else(any, Route::One);
+        }
+        // Keys in several slots: one command per slot.
+        let kind = kind.unwrap_or(MergeKind::Sum);
+        let with_value = kind == MergeKind::AllOk;
+        // (slot, arguments, positions of its keys among all keys)
+        type Group<'a> = (u16, Vec<&'a [u8]>, Vec<usize>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for (n, &k) in keys.iter().enumerate() {
+            let slot = crate::route::slot(argv[k]);
+            let at = match groups.iter().position(|g| g.0 == slot) {
+                Some(at) => at,
+                None => {
+                    groups.push((slot, vec![argv[0]], Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            let g = &mut groups[at];
+            g.1.push(argv[k]);
+            if with_value {
+                if let Some(v) = argv.get(k + 1) {
+                    g.1.push(v);
+                }
+            }
+            g.2.push(n);
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for (slot, args, positions) in groups {
+            let Some(node) = self.slot_node(slot, lane) else { return any() };
+            parts.push((node, reply::command(&args), positions));
+        }
+        Route::Split { kind, total: keys.len(), parts }
+    }
+
+    fn route_scan(&self, map: &SlotMap, argv: &[&[u8]]) -> Route {
+        let bad = || Route::Reply(reply::error("ERR invalid cursor"));
+        let Some(cursor) = argv.get(1).and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok()) else {
+            return bad();
+        };
+        let index = (cursor % SCAN_SPREAD) as usize;
+        let Some(&node) = map.primaries.get(index) else { return bad() };
+        let inner = (cursor / SCAN_SPREAD).to_string();
+        let mut args: Vec<&[u8]> = argv.to_vec();
+        args[1] = inner.as_bytes();
+        Route::Scan { node, index, count: map.primaries.len(), payload: reply::command(&args) }
+    }
+}
+
+/// A primary for keyless work, spread over the lanes.
+fn pick(primaries: &[u32], lane: usize) -> Option<u32> {
+    (!primaries.is_empty()).then(|| primaries[lane % primaries.len()])
+}
+
+fn builtin() -> &'static CommandTable {
+    static TABLE: OnceLock<CommandTable> = OnceLock::new();
+    TABLE.get_or_init(CommandTable::builtin)
+}
+
+/// How the replies of a command sent to every primary combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fan {
+    /// DBSIZE: add up.
+    Sum,
+    /// KEYS: one array of every node's elements.
+    Concat,
+    /// FLUSHALL: `+OK` when every node said so.
+    AllOk,
+    /// SCRIPT LOAD: every node answers the same; the first error wins.
+    Same,
+}
+
+enum Route {
+    One(u32),
+    Split {
+        kind: MergeKind,
+        total: usize,
+        parts: Vec<(u32, Bytes, Vec<usize>)>,
+    },
+    All(Fan, Vec<u32>),
+    Scan {
+        node: u32,
+        index: usize,
+        count: usize,
+        payload: Bytes,
+    },
+    /// Answered without a backend.
+    Reply(Bytes),
+}
+
+/// Why a node declined a command, and what to do about it.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    Moved(String),
+    Ask(String),
+    /// TRYAGAIN, CLUSTERDOWN, or a transaction aborted (possibly by a MOVED inside it).
+    Later,
+}
+
+impl Redirect {
+    fn of(frame: &[u8], replies: u32) -> Option<Redirect> {
+        if frame.first() != Some(&b'-') {
+            return None;
+        }
+        let line = std::str::from_utf8(frame.get(1..frame.len().saturating_sub(2))?).ok()?;
+        let mut words = line.split(' ');
+        match words.next()? {
+            "MOVED" => Some(Redirect::Moved(words.nth(1)?.to_string())),
+            "ASK" => Some(Redirect::Ask(words.nth(1)?.to_string())),
+            "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Later),
+            "EXECABORT" if replies > 1 => Some(Redirect::Later),
+            _ => None,
+        }
+    }
+}
+
+/// A job as the client made it, kept so it can be sent again after a redirect.
+struct Pending {
+    payload: Bytes,
+    replies: u32,
+    pick: u32,
+    sink: Sink,
+    attempt: u32,
+}
+
+/// A set of connections to every node: `width` lanes of pipelined connections, each with a
+/// queue of `capacity` jobs. A backend has one set per protocol for clients, and one for each
+/// mirror queue.
+pub struct Lanes {
+    cluster: Arc<Cluster>,
+    proto: Protocol,
+    capacity: usize,
+    width: usize,
+    conns: RwLock<Vec<Option<Arc<[NodeConn]>>>>,
+}
+
+impl Lanes {
+    pub fn new(cluster: Arc<Cluster>, proto: Protocol, capacity: usize, width: usize) -> Arc<Lanes> {
+        cluster.start();
+        Arc::new(Lanes { cluster, proto, capacity, width: width.max(1), conns: RwLock::new(Vec::new()) })
+    }
+
+    fn conn(&self, node: u32, lane: usize) -> NodeConn {
+        if let Some(Some(set)) = self.conns.read().unwrap_or_else(|p| p.into_inner()).get(node as usize) {
+            return set[lane % set.len()].clone();
+        }
+        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        if conns.len() <= node as usize {
+            conns.resize(node as usize + 1, None);
+        }
+        let set = conns[node as usize].get_or_insert_with(|| {
+            let settings = self.cluster.node(node);
+            (0..self.width)
+                .map(|_| NodeConn::spawn_with(settings.clone(), self.proto, self.cluster.health.clone(), self.capacity))
+                .collect()
+        });
+        set[lane % set.len()].clone()
+    }
+
+    /// Lane `lane`'s connection to every node opened so far.
+    pub(super) fn node_conns(&self, lane: usize) -> Vec<NodeConn> {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns.iter().flatten().map(|set| set[lane % set.len()].clone()).collect()
+    }
+
+    pub(super) fn queued(&self, lane: usize) -> usize {
+        self.node_conns(lane).iter().map(|c| c.queued()).sum()
+    }
+
+    pub(super) async fn send(self: &Arc<Self>, job: Job, lane: usize) {
+        if self.cluster.map.load().primaries.is_empty() {
+            if let Err(e) = self.cluster.ready().await {
+                job.fail(&e);
+                return;
+            }
+        }
+        let route = self.cluster.route(&job.payload, job.replies, lane);
+        for (node, job) in self.issue(route, job, lane) {
+            self.conn(node, lane).send(job).await;
+        }
+    }
+
+    /// Queues a job only if every connection it needs has room; gives it back otherwise.
+    pub(super) fn try_send(self: &Arc<Self>, job: Job, lane: usize) -> Result<(), Job> {
+        if self.cluster.map.load().primaries.is_empty() {
+            // No map yet (the first moments after start): wait for it off this thread.
+            let me = self.clone();
+            tokio::spawn(async move { me.send(job, lane).await });
+            return Ok(());
+        }
+        let route = self.cluster.route(&job.payload, job.replies, lane);
+        let nodes: SmallVec<[u32; 4]> = match &route {
+            Route::One(n) => smallvec::smallvec![*n],
+            Route::Split { parts, .. } => parts.iter().map(|p| p.0).collect(),
+            Route::All(_, nodes) => nodes.iter().copied().collect(),
+            Route::Scan { node, .. } => smallvec::smallvec![*node],
+            Route::Reply(_) => SmallVec::new(),
+        };
+        if !nodes.iter().all(|&n| self.conn(n, lane).has_room()) {
+            return Err(job);
+        }
+        for (node, job) in self.issue(route, job, lane) {
+            if let Err(job) = self.conn(node, lane).try_send(job) {
+                // Lost a race for the last slot of the queue: count it as refused.
+                job.fail(&BackendError::Overloaded { backend: self.cluster.settings.name.clone(), what: "queue" });
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a routed job into the jobs to send, each wrapped to follow redirects.
+    fn issue(self: &Arc<Self>, route: Route, job: Job, lane: usize) -> Vec<(u32, Job)> {
+        let Job { payload, replies, pick, sink } = job;
+        match route {
+            Route::One(node) => {
+                let p = Pending { payload, replies, pick, sink, attempt: 0 };
+                vec![(node, self.guard(p, lane, false))]
+            }
+            Route::Reply(frame) => {
+                sink.deliver(Ok(frame));
+                Vec::new()
+            }
+            Route::Split { kind, total, parts } => {
+                let gather = Gather::new(parts.len(), sink, move |replies| merge::merge(kind, total, replies));
+                parts
+                    .into_iter()
+                    .map(|(node, payload, positions)| {
+                        let g = gather.clone();
+                        let sink = Sink::Callback(Box::new(move |reply| g.put(Part { positions, reply })));
+                        (node, self.guard(Pending { payload, replies: 1, pick: 0, sink, attempt: 0 }, lane, false))
+                    })
+                    .collect()
+            }
+            Route::All(fan, nodes) => {
+                let gather = Gather::new(nodes.len(), sink, move |replies| combine(fan, replies));
+                nodes
+                    .into_iter()
+                    .map(|node| {
+                        let g = gather.clone();
+                        let sink = Sink::Callback(Box::new(move |reply| g.put(Part { positions: Vec::new(), reply })));
+                        let p = Pending { payload: payload.clone(), replies: 1, pick: 0, sink, attempt: 0 };
+                        (node, self.guard(p, lane, false))
+                    })
+                    .collect()
+            }
+            Route::Scan { node, index, count, payload } => {
+                let sink = Sink::Callback(Box::new(move |reply: Reply| {
+                    sink.deliver(reply.map(|frame| scan_reply(&frame, index, count)));
+                }));
+                // A SCAN is not retried elsewhere: its cursor belongs to this node.
+                vec![(node, Job { payload, replies: 1, pick: 0, sink })]
+            }
+        }
+    }
+
+    /// The job to send for `p`, whose reply is checked for redirects before it is delivered.
+    fn guard(self: &Arc<Self>, p: Pending, lane: usize, asking: bool) -> Job {
+        let (payload, replies, pick) = if asking {
+            let mut buf = BytesMut::with_capacity(p.payload.len() + 20);
+            buf.put(reply::command(&["ASKING"]));
+            buf.put(p.payload.clone());
+            (buf.freeze(), p.replies + 1, p.pick + 1)
+        } else {
+            (p.payload.clone(), p.replies, p.pick)
+        };
+        let me = self.clone();
+        let sink = Sink::Callback(Box::new(move |reply: Reply| {
+            let redirect = match &reply {
+                Ok(frame) if p.attempt + 1 < MAX_ATTEMPTS => Redirect::of(frame, p.replies),
+                _ => None,
+            };
+            match redirect {
+                None => p.sink.deliver(reply),
+                Some(r) => {
+                    me.cluster.redirects.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(me.retry(r, p, lane));
+                }
+            }
+        }));
+        Job { payload, replies, pick, sink }
+    }
+
+    async fn retry(self: Arc<Self>, redirect: Redirect, mut p: Pending, lane: usize) {
+        p.attempt += 1;
+        match redirect {
+            Redirect::Moved(addr) => {
+                self.cluster.want_refresh();
+                let node = self.cluster.node_id(&addr);
+                let job = self.guard(p, lane, false);
+                self.conn(node, lane).send(job).await;
+            }
+            Redirect::Ask(addr) => {
+                let node = self.cluster.node_id(&addr);
+                let job = self.guard(p, lane, true);
+                self.conn(node, lane).send(job).await;
+            }
+            Redirect::Later => {
+                self.cluster.want_refresh();
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(p.attempt))).await;
+                if p.replies > 1 {
+                    // An aborted transaction may have met a MOVED: route it on a fresh map.
+                    let _ = self.cluster.refresh().await;
+                }
+                match self.cluster.route(&p.payload, p.replies, lane) {
+                    Route::One(node) => {
+                        let job = self.guard(p, lane, false);
+                        self.conn(node, lane).send(job).await;
+                    }
+                    // Only single-node routes are ever retried; anything else is answered.
+                    _ => p.sink.deliver(Err(self.cluster.unavailable("cluster topology changed"))),
+                }
+            }
+        }
+    }
+}
+
+/// Collects the replies of the parts of one command and delivers their combination.
+struct Gather<F> {
+    state: Mutex<(Vec<Part>, Option<Sink>)>,
+    left: AtomicU32,
+    combine: F,
+}
+
+impl<F: Fn(Vec<Part>) -> Bytes + Send + Sync + 'static> Gather<F> {
+    fn new(n: usize, sink: Sink, combine: F) -> Arc<Gather<F>> {
+        Arc::new(Gather {
+            state: Mutex::new((Vec::with_capacity(n), Some(sink))),
+            left: AtomicU32::new(n as u32),
+            combine,
+        })
+    }
+
+    fn put(&self, part: Part) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.push(part);
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let parts = std::mem::take(&mut state.0);
+            let sink = state.1.take();
+            drop(state);
+            if let Some(sink) = sink {
+                sink.deliver(Ok((self.combine)(parts)));
+            }
+        }
+    }
+}
+
+/// Combines the replies of a command every primary ran.
+fn combine(fan: Fan, parts: Vec<Part>) -> Bytes {
+    match fan {
+        Fan::Sum => merge::merge(MergeKind::Sum, 0, parts),
+        Fan::AllOk => merge::merge(MergeKind::AllOk, 0, parts),
+        Fan::Same => {
+            let mut first = None;
+            for p in parts {
+                match p.reply {
+                    Err(e) => return e.to_resp(),
+                    Ok(f) if reply::is_error(&f) => return f,
+                    Ok(f) => {
+                        first.get_or_insert(f);
+                    }
+                }
+            }
+            first.unwrap_or_else(reply::ok)
+        }
+        Fan::Concat => {
+            let mut items = Vec::new();
+            for p in parts {
+                match p.reply {
+                    Err(e) => return e.to_resp(),
+                    Ok(f) if reply::is_error(&f) => return f,
+                    Ok(f) => match crate::mirror::split_array(&f) {
+                        Some(mut v) => items.append(&mut v),
+                        None => return reply::error("ERR tandem: malformed reply from a cluster node"),
+                    },
+                }
+            }
+            let mut out = BytesMut::new();
+            out.put_slice(format!("*{}\r\n", items.len()).as_bytes());
+            for i in items {
+                out.put(i);
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// Rewrites a node's SCAN reply so its cursor names the node too: the next cursor on the
+/// same node, or the start of the next node once this one is done, or 0 after the last.
+fn scan_reply(frame: &Bytes, index: usize, count: usize) -> Bytes {
+    let Some(parts) = crate::mirror::split_array(frame) else { return frame.clone() };
+    if parts.len() != 2 {
+        return frame.clone();
+    }
+    let inner = value::parse(&parts[0])
+        .and_then(|v| v.as_bytes().and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok()));
+    let Some(inner) = inner else { return frame.clone() };
+    let next = if inner != 0 {
+        match inner.checked_mul(SCAN_SPREAD) {
+            Some(n) => n + index as u64,
+            None => return reply::error("ERR tandem: cluster SCAN cursor out of range"),
+        }
+    } else if index + 1 < count {
+        index as u64 + 1
+    } else {
+        0
+    };
+    let mut out = BytesMut::with_capacity(frame.len() + 8);
+    out.put_slice(b"*2\r\n");
+    reply::put_bulk(&mut out, next.to_string().as_bytes());
+    out.put(parts[1].clone());
+    out.freeze()
+}
+
+/// Splits the first RESP command in `buf` into its arguments; returns them and the bytes
+/// used. `None` for anything but a complete array of bulk strings.
+fn parse_command(buf: &[u8]) -> Option<(SmallVec<[&[u8]; 8]>, usize)> {
+    fn line(buf: &[u8], at: usize) -> Option<(i64, usize)> {
+        let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let n = std::str::from_utf8(buf.get(at + 1..end)?).ok()?.parse().ok()?;
+        Some((n, end + 2))
+    }
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = line(buf, 0)?;
+    let mut argv = SmallVec::new();
+    for _ in 0..n.max(0) {
+        if buf.get(at) != Some(&b'$') {
+            return None;
+        }
+        let (len, start) = line(buf, at)?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        argv.push(buf.get(start..end)?);
+        at = end + 2;
+    }
+    (at <= buf.len()).then_some((argv, at))
+}
+
+/// `CLUSTER SLOTS` from one node: `(first slot, last slot, primary address)` ranges.
+pub(crate) async fn fetch_slots(settings: &BackendSettings) -> Result<Vec<(u16, u16, String)>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", settings.addr);
+    let (mut stream, _) = conn::connect(settings, &Handshake::pooled(Protocol::Resp2)).await.map_err(|e| fail(&e))?;
+    let exchange = async {
+        stream.write_all(&reply::command(&["CLUSTER", "SLOTS"])).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if let Ok(Some(len)) = reply::frame_len(&buf) {
+                return Ok(buf.split_to(len).freeze());
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+        }
+    };
+    let frame = match tokio::time::timeout(settings.command_timeout, exchange).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return Err(fail(&e)),
+        Err(_) => return Err(fail(&"CLUSTER SLOTS timed out")),
+    };
+    let asked_host = settings.addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("");
+    parse_slots(&frame, asked_host).ok_or_else(|| fail(&format!("unexpected CLUSTER SLOTS reply {:?}", short(&frame))))
+}
+
+fn short(frame: &[u8]) -> String {
+    String::from_utf8_lossy(&frame[..frame.len().min(120)]).into_owned()
+}
+
+/// Reads a `CLUSTER SLOTS` reply. An empty host means "the node you asked".
+fn parse_slots(frame: &Bytes, asked_host: &str) -> Option<Vec<(u16, u16, String)>> {
+    let Value::Array(ranges) = value::parse(frame)? else { return None };
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let Value::Array(r) = r else { return None };
+        let start = u16::try_from(r.first()?.as_int()?).ok()?;
+        let end = u16::try_from(r.get(1)?.as_int()?).ok()?;
+        let Value::Array(primary) = r.get(2)? else { return None };
+        let host = std::str::from_utf8(primary.first()?.as_bytes()?).ok()?;
+        let host = if host.is_empty() || host == "?" { asked_host } else { host };
+        let port = u16::try_from(primary.get(1)?.as_int()?).ok()?;
+        if usize::from(end) >= SLOTS || start > end {
+            return None;
+        }
+        out.push((start, end, crate::config::url::join_host_port(host, port)));
+    }
+    Some(out)
+}
+
+/// A client's dedicated connection to a cluster: one connection per node, opened when a
+/// command first needs that node.
+pub struct ClusterDedicated {
+    cluster: Arc<Cluster>,
+    pushes: Option<mpsc::UnboundedSender<Bytes>>,
+    conns: tokio::sync::Mutex<Vec<(u32, mpsc::Sender<Job>)>>,
+    /// The node keyless commands go to: the last one used.
+    home: AtomicU32,
+    lost: AtomicBool,
+}
+
+impl ClusterDedicated {
+    pub(super) fn new(cluster: Arc<Cluster>, pushes: Option<mpsc::UnboundedSender<Bytes>>) -> ClusterDedicated {
+        ClusterDedicated {
+            cluster,
+            pushes,
+            conns: tokio::sync::Mutex::new(Vec::new()),
+            home: AtomicU32::new(NONE),
+            lost: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        if self.lost.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.conns.try_lock() {
+            Ok(conns) => conns.iter().all(|(_, tx)| !tx.is_closed()),
+            Err(_) => true,
+        }
+    }
+
+    pub(super) async fn send(&self, job: Job, hs: &Handshake) -> Result<(), BackendError> {
+        let mut conns = self.conns.lock().await;
+        if matches!(job.sink, Sink::Discard) {
+            // A state change (database, name, UNWATCH): every node connection needs it;
+            // connections opened later get it from the handshake.
+            for (_, tx) in conns.iter() {
+                let _ = tx.send(Job::discard(job.payload.clone())).await;
+            }
+            return Ok(());
+        }
+        let node = match self.cluster.route(&job.payload, job.replies, 0) {
+            Route::One(n) => n,
+            Route::Split { parts, .. } => parts[0].0,
+            Route::Scan { node, .. } => node,
+            Route::All(_, nodes) => nodes.first().copied().unwrap_or(NONE),
+            Route::Reply(frame) => {
+                job.sink.deliver(Ok(frame));
+                return Ok(());
+            }
+        };
+        let node = match (self.home.load(Ordering::Acquire), is_keyless(&job.payload)) {
+            (home, true) if home != NONE => home,
+            _ => node,
+        };
+        let tx = match conns.iter().find(|(n, _)| *n == node) {
+            Some((_, tx)) => tx.clone(),
+            None => {
+                let settings = self.cluster.node(node);
+                let tx = super::dedicated::open_node(settings, hs, self.pushes.clone()).await.inspect_err(|_| {
+                    self.cluster.want_refresh();
+                })?;
+                conns.push((node, tx.clone()));
+                tx
+            }
+        };
+        self.home.store(node, Ordering::Release);
+        drop(conns);
+        // Redirects are not followed here (the connection's state lives on one node), but
+        // they refresh the map so the next command goes to the right place.
+        let cluster = self.cluster.clone();
+        let Job { payload, replies, pick, sink } = job;
+        let sink = Sink::Callback(Box::new(move |reply: Reply| {
+            if let Ok(frame) = &reply {
+                if Redirect::of(frame, replies).is_some() {
+                    cluster.want_refresh();
+                }
+            }
+            sink.deliver(reply)
+        }));
+        tx.send(Job { payload, replies, pick, sink }).await.map_err(|mpsc::error::SendError(job)| {
+            self.lost.store(true, Ordering::Release);
+            let err = self.cluster.unavailable("dedicated connection lost");
+            job.fail(&err);
+            err
+        })
+    }
+}
+
+/// The arguments of the first command in `payload` (empty when it is not one).
+pub(crate) fn command_args(payload: &[u8]) -> SmallVec<[&[u8]; 8]> {
+    parse_command(payload).map(|(argv, _)| argv).unwrap_or_default()
+}
+
+/// Whether the (first) command in `payload` names no key.
+fn is_keyless(payload: &[u8]) -> bool {
+    let mut rest = payload;
+    while let Some((argv, used)) = parse_command(rest) {
+        rest = &rest[used..];
+        if builtin().lookup(&argv).is_some_and(|i| !i.key_indices(&argv).is_empty()) {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_split_into_arguments() {
+        let cmd = reply::command(&["SET", "k", "v"]);
+        let (argv, used) = parse_command(&cmd).unwrap();
+        assert_eq!(argv.as_slice(), [b"SET".as_slice(), b"k", b"v"]);
+        assert_eq!(used, cmd.len());
+        assert!(parse_command(b"*2\r\n$3\r\nGET\r\n").is_none());
+        assert!(parse_command(b"PING\r\n").is_none());
+        assert!(parse_command(b"*1\r\n$99\r\nGET\r\n").is_none());
+    }
+
+    #[test]
+    fn redirects_are_recognised() {
+        assert_eq!(Redirect::of(b"-MOVED 3999 127.0.0.1:6381\r\n", 1), Some(Redirect::Moved("127.0.0.1:6381".into())));
+        assert_eq!(Redirect::of(b"-ASK 3999 127.0.0.1:6381\r\n", 1), Some(Redirect::Ask("127.0.0.1:6381".into())));
+        assert_eq!(
+            Redirect::of(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", 1),
+            Some(Redirect::Later)
+        );
+        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", 3), Some(Redirect::Later));
+        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", 1), None);
+        assert_eq!(Redirect::of(b"-ERR wrong\r\n", 1), None);
+        assert_eq!(Redirect::of(b"+OK\r\n", 1), None);
+    }
+
+    #[test]
+    fn scan_cursors_walk_every_primary() {
+        let reply = |cursor: &str| {
+            let mut b = BytesMut::new();
+            b.put_slice(b"*2\r\n");
+            reply::put_bulk(&mut b, cursor.as_bytes());
+            b.put_slice(b"*1\r\n$1\r\nk\r\n");
+            b.freeze()
+        };
+        let cursor = |frame: &Bytes| {
+            let parts = crate::mirror::split_array(frame).unwrap();
+            String::from_utf8(parts[0][4..parts[0].len() - 2].to_vec()).unwrap()
+        };
+        assert_eq!(cursor(&scan_reply(&reply("17"), 2, 3)), (17 * SCAN_SPREAD + 2).to_string());
+        assert_eq!(cursor(&scan_reply(&reply("0"), 0, 3)), "1");
+        assert_eq!(cursor(&scan_reply(&reply("0"), 2, 3)), "0");
+        assert!(scan_reply(&reply("0"), 0, 3).ends_with(b"*1\r\n$1\r\nk\r\n"));
+    }
+
+    #[test]
+    fn slot_ranges_are_read() {
+        let frame = Bytes::from_static(
+            b"*2\r\n*3\r\n:0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n*3\r\n:8192\r\n:16383\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n",
+        );
+        let ranges = parse_slots(&frame, "10.0.0.9").unwrap();
+        assert_eq!(ranges, [(0, 8191, "127.0.0.1:7000".to_string()), (8192, 16383, "10.0.0.9:7001".to_string())]);
+        assert!(parse_slots(&Bytes::from_static(b"-ERR This instance has cluster support disabled\r\n"), "").is_none());
+    }
+}
