@@ -54,6 +54,10 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     pub dedicated_opened: IntCounter,
     pub backend_up: IntGaugeVec,
+    /// Redirects (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) followed for a cluster backend.
+    pub cluster_redirects: IntCounterVec,
+    /// Primaries in a cluster backend's slot map.
+    pub cluster_primaries: IntGaugeVec,
     pub command_table_refresh: IntCounterVec,
     /// Commands served, by side (`served[Side::index()]`).
     pub served: [IntCounter; 2],
@@ -85,6 +89,19 @@ impl Metrics {
         let backend_up = register(
             &registry,
             IntGaugeVec::new(Opts::new("backend_up", "1 if the backend's pooled connections are up"), &["backend"])
+                .expect("static"),
+        );
+        let cluster_redirects = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("cluster_redirects_total", "Cluster redirects (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) followed"),
+                &["backend"],
+            )
+            .expect("static"),
+        );
+        let cluster_primaries = register(
+            &registry,
+            IntGaugeVec::new(Opts::new("cluster_primaries", "Primaries in a cluster backend's slot map"), &["backend"])
                 .expect("static"),
         );
         let command_table_refresh = register(
@@ -242,6 +259,8 @@ impl Metrics {
                 "Dedicated backend connections opened (transactions, blocking, Pub/Sub, other db)",
             ),
             backend_up,
+            cluster_redirects,
+            cluster_primaries,
             command_table_refresh,
             registry,
         }

@@ -108,6 +108,12 @@ fn get(control: &Control, path: &str) -> Response<Full<Bytes>> {
             proxy.metrics.observe_mirrors(&set.mirrors);
             for b in set.iter() {
                 proxy.metrics.backend_up.with_label_values(&[b.name().as_ref()]).set(b.health().is_up() as i64);
+                if let Some(c) = b.cluster() {
+                    let redirects = proxy.metrics.cluster_redirects.with_label_values(&[b.name().as_ref()]);
+                    redirects.inc_by(c.redirects().saturating_sub(redirects.get()));
+                    let primaries = c.primaries().len() as i64;
+                    proxy.metrics.cluster_primaries.with_label_values(&[b.name().as_ref()]).set(primaries);
+                }
             }
             let mut r = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
             r.headers_mut().insert("content-type", "text/plain; version=0.0.4".parse().expect("static header"));
@@ -125,13 +131,20 @@ pub fn status(control: &Control) -> serde_json::Value {
     let backends: Vec<_> = set
         .iter()
         .map(|b| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "name": b.name().as_ref(),
-                "addr": b.settings().addr,
+                "addr": b.settings().describe(),
                 "up": b.health().is_up(),
                 "last_error": b.health().last_error(),
                 "server_version": b.server_version(),
-            })
+            });
+            if let Some(c) = b.cluster() {
+                v["cluster"] = serde_json::json!({ "primaries": c.primaries(), "redirects": c.redirects() });
+            }
+            if let crate::backend::Topology::Sentinel(s) = &b.settings().topology {
+                v["sentinel"] = serde_json::json!({ "master_name": s.master_name(), "master": s.current() });
+            }
+            v
         })
         .collect();
     let routing = proxy.routing.load();

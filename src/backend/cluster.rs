@@ -385,7 +385,9 @@ enum Redirect {
 }
 
 impl Redirect {
-    fn of(frame: &[u8], replies: u32) -> Option<Redirect> {
+    /// `aborted_too`: count an aborted transaction (a block of several commands, tried once
+    /// before) as a reason to try again.
+    fn of(frame: &[u8], aborted_too: bool) -> Option<Redirect> {
         if frame.first() != Some(&b'-') {
             return None;
         }
@@ -395,7 +397,7 @@ impl Redirect {
             "MOVED" => Some(Redirect::Moved(words.nth(1)?.to_string())),
             "ASK" => Some(Redirect::Ask(words.nth(1)?.to_string())),
             "TRYAGAIN" | "CLUSTERDOWN" => Some(Redirect::Later),
-            "EXECABORT" if replies > 1 => Some(Redirect::Later),
+            "EXECABORT" if aborted_too => Some(Redirect::Later),
             _ => None,
         }
     }
@@ -553,7 +555,7 @@ impl Lanes {
         let me = self.clone();
         let sink = Sink::Callback(Box::new(move |reply: Reply| {
             let redirect = match &reply {
-                Ok(frame) if p.attempt + 1 < MAX_ATTEMPTS => Redirect::of(frame, p.replies),
+                Ok(frame) if p.attempt + 1 < MAX_ATTEMPTS => Redirect::of(frame, p.replies > 1 && p.attempt == 0),
                 _ => None,
             };
             match redirect {
@@ -847,7 +849,7 @@ impl ClusterDedicated {
         let Job { payload, replies, pick, sink } = job;
         let sink = Sink::Callback(Box::new(move |reply: Reply| {
             if let Ok(frame) = &reply {
-                if Redirect::of(frame, replies).is_some() {
+                if Redirect::of(frame, replies > 1).is_some() {
                     cluster.want_refresh();
                 }
             }
@@ -896,16 +898,19 @@ mod tests {
 
     #[test]
     fn redirects_are_recognised() {
-        assert_eq!(Redirect::of(b"-MOVED 3999 127.0.0.1:6381\r\n", 1), Some(Redirect::Moved("127.0.0.1:6381".into())));
-        assert_eq!(Redirect::of(b"-ASK 3999 127.0.0.1:6381\r\n", 1), Some(Redirect::Ask("127.0.0.1:6381".into())));
         assert_eq!(
-            Redirect::of(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", 1),
+            Redirect::of(b"-MOVED 3999 127.0.0.1:6381\r\n", false),
+            Some(Redirect::Moved("127.0.0.1:6381".into()))
+        );
+        assert_eq!(Redirect::of(b"-ASK 3999 127.0.0.1:6381\r\n", false), Some(Redirect::Ask("127.0.0.1:6381".into())));
+        assert_eq!(
+            Redirect::of(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", false),
             Some(Redirect::Later)
         );
-        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", 3), Some(Redirect::Later));
-        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", 1), None);
-        assert_eq!(Redirect::of(b"-ERR wrong\r\n", 1), None);
-        assert_eq!(Redirect::of(b"+OK\r\n", 1), None);
+        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", true), Some(Redirect::Later));
+        assert_eq!(Redirect::of(b"-EXECABORT Transaction discarded\r\n", false), None);
+        assert_eq!(Redirect::of(b"-ERR wrong\r\n", true), None);
+        assert_eq!(Redirect::of(b"+OK\r\n", true), None);
     }
 
     #[test]

@@ -144,7 +144,7 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
         let err = match connect(&settings, &hs).await {
             Ok((stream, _)) => {
                 if !health.is_up() {
-                    tracing::info!(backend = %settings.name, addr = %settings.addr, proto = proto.version(), "backend connected");
+                    tracing::info!(backend = %settings.name, addr = %settings.describe(), proto = proto.version(), "backend connected");
                 }
                 health.set_up();
                 was_up = true;
