@@ -556,7 +556,12 @@ impl Lanes {
         let sink = Sink::Callback(Box::new(move |reply: Reply| {
             let redirect = match &reply {
                 Ok(frame) if p.attempt + 1 < MAX_ATTEMPTS => Redirect::of(frame, p.replies > 1 && p.attempt == 0),
-                _ => None,
+                Ok(_) => None,
+                Err(_) => {
+                    // A node that cannot be reached may have failed over or left.
+                    me.cluster.want_refresh();
+                    None
+                }
             };
             match redirect {
                 None => p.sink.deliver(reply),
