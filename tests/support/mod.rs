@@ -21,18 +21,22 @@
 // part of the module; that is expected, not worth a warning per file.
 #![allow(unused_imports)]
 
+pub mod cluster;
 pub mod http;
 pub mod load;
 mod process;
 mod raw;
 mod redis_server;
 mod relay;
+pub mod sentinel;
 mod tandem;
 
+pub use cluster::{key_slot, RedisCluster};
 pub use process::{output_with_timeout, process_alive, redis_cli_output};
 pub use raw::{encode_cmd, resp_frame_len, RawConn};
 pub use redis_server::RedisServer;
 pub use relay::Relay;
+pub use sentinel::{Sentinel, SentinelSet};
 pub use tandem::{tandem_bin, Tandem, TandemBuilder};
 
 use std::collections::HashSet;
