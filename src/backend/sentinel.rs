@@ -147,6 +147,8 @@ async fn watcher(weak: Weak<Sentinels>) {
             }
         };
         if stream.write_all(&reply::command(&["SUBSCRIBE", "+switch-master"])).await.is_err() {
+            drop(me);
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
         let mut buf = BytesMut::with_capacity(4096);
@@ -179,6 +181,8 @@ async fn watcher(weak: Weak<Sentinels>) {
                 }
             }
         }
+        // The sentinel went away: try the next one, without spinning if it comes and goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
