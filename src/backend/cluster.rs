@@ -67,7 +67,9 @@ pub struct Cluster {
     by_addr: Mutex<HashMap<String, u32>>,
     health: Arc<Health>,
     wanted: tokio::sync::Notify,
-    refreshing: tokio::sync::Mutex<()>,
+    /// Held while the map is being fetched; holds the last failure, which callers that
+    /// waited for that fetch get instead of fetching again.
+    refreshing: tokio::sync::Mutex<Option<BackendError>>,
     generation: AtomicU64,
     started: AtomicBool,
     redirects: AtomicU64,
@@ -83,7 +85,7 @@ impl Cluster {
             by_addr: Mutex::new(HashMap::new()),
             health,
             wanted: tokio::sync::Notify::new(),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             started: AtomicBool::new(false),
             redirects: AtomicU64::new(0),
@@ -189,10 +191,13 @@ impl Cluster {
     /// Reloads the slot map from the first primary or seed that answers.
     pub async fn refresh(&self) -> Result<(), BackendError> {
         let seen = self.generation.load(Ordering::Acquire);
-        let _one = self.refreshing.lock().await;
+        let mut last = self.refreshing.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
-            // Someone else refreshed while this call waited.
-            return Ok(());
+            // Someone else fetched the map while this call waited: share its outcome.
+            return match &*last {
+                Some(err) => Err(err.clone()),
+                None => Ok(()),
+            };
         }
         let mut candidates = self.primaries();
         for s in &self.seeds {
@@ -205,6 +210,7 @@ impl Cluster {
             match fetch_slots(&self.settings.for_node(&addr)).await {
                 Ok(ranges) if !ranges.is_empty() => {
                     self.install(&ranges);
+                    *last = None;
                     self.generation.fetch_add(1, Ordering::AcqRel);
                     self.health.set_up();
                     return Ok(());
@@ -215,6 +221,8 @@ impl Cluster {
         }
         let err = self.unavailable(format!("cluster slot map: {}", errors.join("; ")));
         self.health.set_down(&err);
+        *last = Some(err.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Err(err)
     }
 
@@ -257,6 +265,13 @@ impl Cluster {
             None => Route::Reply(BackendError::unavailable(&self.settings.name, "no cluster primary known").to_resp()),
         };
         let table = builtin();
+        if let Some((argv, _)) = parse_command(payload) {
+            if argv.len() == 2 && argv[0].eq_ignore_ascii_case(b"select") && argv[1] != b"0" {
+                // A mirrored write from another database (`SELECT n; cmd; SELECT 0`) must not
+                // land in database 0: refuse it whole, so it is counted as failed.
+                return Route::Reply(reply::error("ERR tandem: a Redis Cluster has only database 0"));
+            }
+        }
         if replies != 1 {
             // A MULTI block or a SELECT-wrapped command: the first key decides.
             let mut rest = &payload[..];
@@ -421,12 +436,36 @@ pub struct Lanes {
     capacity: usize,
     width: usize,
     conns: RwLock<Vec<Option<Arc<[NodeConn]>>>>,
+    /// Jobs waiting for the first slot map.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Per lane: the ordered queue of work to send again.
+    retries: Box<[Retries]>,
+}
+
+#[derive(Default)]
+struct Retries {
+    tx: OnceLock<mpsc::UnboundedSender<Again>>,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+/// Work for a lane's retry task.
+enum Again {
+    Redirected(Redirect, Pending),
+    Fresh(Job),
 }
 
 impl Lanes {
     pub fn new(cluster: Arc<Cluster>, proto: Protocol, capacity: usize, width: usize) -> Arc<Lanes> {
         cluster.start();
-        Arc::new(Lanes { cluster, proto, capacity, width: width.max(1), conns: RwLock::new(Vec::new()) })
+        Arc::new(Lanes {
+            cluster,
+            proto,
+            capacity,
+            width: width.max(1),
+            conns: RwLock::new(Vec::new()),
+            waiting: Default::default(),
+            retries: (0..width.max(1)).map(|_| Retries::default()).collect(),
+        })
     }
 
     fn conn(&self, node: u32, lane: usize) -> NodeConn {
@@ -440,7 +479,10 @@ impl Lanes {
         let set = conns[node as usize].get_or_insert_with(|| {
             let settings = self.cluster.node(node);
             (0..self.width)
-                .map(|_| NodeConn::spawn_with(settings.clone(), self.proto, self.cluster.health.clone(), self.capacity))
+                // Each node's connections keep their own health: the backend is up when its
+                // slot map can be fetched, not down whenever some node is (a failed primary
+                // stays in the registry after its replica took over).
+                .map(|_| NodeConn::spawn_with(settings.clone(), self.proto, Arc::new(Health::default()), self.capacity))
                 .collect()
         });
         set[lane % set.len()].clone()
@@ -457,6 +499,15 @@ impl Lanes {
     }
 
     pub(super) async fn send(self: &Arc<Self>, job: Job, lane: usize) {
+        if self.redirecting(lane) {
+            // Earlier commands of this lane are being redirected: queue behind them.
+            self.enqueue(lane, Again::Fresh(job));
+            return;
+        }
+        self.dispatch(job, lane).await;
+    }
+
+    async fn dispatch(self: &Arc<Self>, job: Job, lane: usize) {
         if self.cluster.map.load().primaries.is_empty() {
             if let Err(e) = self.cluster.ready().await {
                 job.fail(&e);
@@ -471,10 +522,22 @@ impl Lanes {
 
     /// Queues a job only if every connection it needs has room; gives it back otherwise.
     pub(super) fn try_send(self: &Arc<Self>, job: Job, lane: usize) -> Result<(), Job> {
+        if self.redirecting(lane) {
+            self.enqueue(lane, Again::Fresh(job));
+            return Ok(());
+        }
         if self.cluster.map.load().primaries.is_empty() {
-            // No map yet (the first moments after start): wait for it off this thread.
+            // No map yet (the first moments after start): up to a queue's worth of jobs wait
+            // for it; beyond that they are refused (the caller counts them as dropped).
+            if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(job);
+            }
             let me = self.clone();
-            tokio::spawn(async move { me.send(job, lane).await });
+            tokio::spawn(async move {
+                me.send(job, lane).await;
+                me.waiting.fetch_sub(1, Ordering::AcqRel);
+            });
             return Ok(());
         }
         let route = self.cluster.route(&job.payload, job.replies, lane);
@@ -567,14 +630,59 @@ impl Lanes {
                 None => p.sink.deliver(reply),
                 Some(r) => {
                     me.cluster.redirects.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(me.retry(r, p, lane));
+                    me.enqueue(lane, Again::Redirected(r, p));
                 }
             }
         }));
         Job { payload, replies, pick, sink }
     }
 
-    async fn retry(self: Arc<Self>, redirect: Redirect, mut p: Pending, lane: usize) {
+    /// Whether lane `lane` has redirected work not yet sent again.
+    fn redirecting(&self, lane: usize) -> bool {
+        self.retries[lane % self.retries.len()].pending.load(Ordering::Acquire) > 0
+    }
+
+    /// Queues work on the lane's retry task, which sends it in order: redirected commands in
+    /// the order their replies came, and commands sent meanwhile behind them, so one client's
+    /// commands to a moved slot are not reordered by the move.
+    fn enqueue(self: &Arc<Self>, lane: usize, again: Again) {
+        let r = &self.retries[lane % self.retries.len()];
+        r.pending.fetch_add(1, Ordering::AcqRel);
+        let tx = r.tx.get_or_init(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Again>();
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(again) = rx.recv().await {
+                    let Some(me) = weak.upgrade() else { return };
+                    match again {
+                        Again::Redirected(r, p) => me.retry(r, p, lane).await,
+                        Again::Fresh(job) => me.dispatch(job, lane).await,
+                    }
+                    me.retries[lane % me.retries.len()].pending.fetch_sub(1, Ordering::AcqRel);
+                }
+            });
+            tx
+        });
+        if let Err(mpsc::error::SendError(again)) = tx.send(again) {
+            r.pending.fetch_sub(1, Ordering::AcqRel);
+            let err = self.cluster.unavailable("shutting down");
+            match again {
+                Again::Redirected(_, p) => p.sink.deliver(Err(err)),
+                Again::Fresh(job) => job.fail(&err),
+            }
+        }
+    }
+
+    /// Waits (up to the command timeout) until the lane has no redirected work left, so a
+    /// fence sent afterwards comes after every earlier command.
+    pub(super) async fn settle(&self, lane: usize) {
+        let deadline = tokio::time::Instant::now() + self.cluster.settings.command_timeout;
+        while self.redirecting(lane) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn retry(self: &Arc<Self>, redirect: Redirect, mut p: Pending, lane: usize) {
         p.attempt += 1;
         match redirect {
             Redirect::Moved(addr) => {
@@ -787,17 +895,28 @@ pub struct ClusterDedicated {
     conns: tokio::sync::Mutex<Vec<(u32, mpsc::Sender<Job>)>>,
     /// The node keyless commands go to: the last one used.
     home: AtomicU32,
+    /// The node holding the client's WATCH: its transaction must run there.
+    watching: AtomicU32,
     lost: AtomicBool,
+    /// Whole-keyspace and cross-slot commands carry no connection state: they take the
+    /// shared path, which fans them out and merges.
+    shared: Arc<Lanes>,
 }
 
 impl ClusterDedicated {
-    pub(super) fn new(cluster: Arc<Cluster>, pushes: Option<mpsc::UnboundedSender<Bytes>>) -> ClusterDedicated {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        pushes: Option<mpsc::UnboundedSender<Bytes>>,
+        shared: Arc<Lanes>,
+    ) -> ClusterDedicated {
         ClusterDedicated {
             cluster,
             pushes,
             conns: tokio::sync::Mutex::new(Vec::new()),
             home: AtomicU32::new(NONE),
+            watching: AtomicU32::new(NONE),
             lost: AtomicBool::new(false),
+            shared,
         }
     }
 
@@ -812,10 +931,14 @@ impl ClusterDedicated {
     }
 
     pub(super) async fn send(&self, job: Job, hs: &Handshake) -> Result<(), BackendError> {
+        let first = command_args(&job.payload).first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
         let mut conns = self.conns.lock().await;
         if matches!(job.sink, Sink::Discard) {
             // A state change (database, name, UNWATCH): every node connection needs it;
             // connections opened later get it from the handshake.
+            if first == b"unwatch" {
+                self.watching.store(NONE, Ordering::Release);
+            }
             for (_, tx) in conns.iter() {
                 let _ = tx.send(Job::discard(job.payload.clone())).await;
             }
@@ -823,27 +946,46 @@ impl ClusterDedicated {
         }
         let node = match self.cluster.route(&job.payload, job.replies, 0) {
             Route::One(n) => n,
-            Route::Split { parts, .. } => parts[0].0,
-            Route::Scan { node, .. } => node,
-            Route::All(_, nodes) => nodes.first().copied().unwrap_or(NONE),
             Route::Reply(frame) => {
                 job.sink.deliver(Ok(frame));
                 return Ok(());
             }
+            _ => {
+                drop(conns);
+                self.shared.send(job, 0).await;
+                return Ok(());
+            }
         };
-        let node = match (self.home.load(Ordering::Acquire), is_keyless(&job.payload)) {
-            (home, true) if home != NONE => home,
-            _ => node,
+        let watched = self.watching.load(Ordering::Acquire);
+        let node = if first == b"multi" && watched != NONE {
+            // EXEC ends the WATCH wherever it ran; run the block where the WATCH is, so a
+            // change to a watched key aborts it (or the node refuses keys it does not serve).
+            self.watching.store(NONE, Ordering::Release);
+            watched
+        } else {
+            match (self.home.load(Ordering::Acquire), is_keyless(&job.payload)) {
+                (home, true) if home != NONE => home,
+                _ => node,
+            }
         };
+        if first == b"watch" {
+            self.watching.store(node, Ordering::Release);
+        }
         let tx = match conns.iter().find(|(n, _)| *n == node) {
             Some((_, tx)) => tx.clone(),
             None => {
                 let settings = self.cluster.node(node);
-                let tx = super::dedicated::open_node(settings, hs, self.pushes.clone()).await.inspect_err(|_| {
-                    self.cluster.want_refresh();
-                })?;
-                conns.push((node, tx.clone()));
-                tx
+                match super::dedicated::open_node(settings, hs, self.pushes.clone()).await {
+                    Ok(tx) => {
+                        conns.push((node, tx.clone()));
+                        tx
+                    }
+                    Err(err) => {
+                        self.cluster.want_refresh();
+                        job.fail(&err);
+                        return Err(err);
+                    }
+                }
             }
         };
         self.home.store(node, Ordering::Release);

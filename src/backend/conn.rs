@@ -38,11 +38,28 @@ pub async fn connect(
     settings: &BackendSettings,
     hs: &Handshake,
 ) -> Result<(BackendStream, Option<String>), BackendError> {
+    let Some(s) = settings.sentinels() else { return connect_to(settings, hs, settings.addr.clone()).await };
+    // Behind sentinels: if the master switched while this connection was being made, it
+    // may lead to the demoted one, and the switch would not be noticed on it. Start over.
+    let mut tries = 0;
+    loop {
+        let epoch = s.epoch();
+        let addr = s.master().await.map_err(|e| BackendError::unavailable(&settings.name, e))?;
+        let result = connect_to(settings, hs, addr).await;
+        tries += 1;
+        if tries < 3 && epoch.has_changed().unwrap_or(false) {
+            continue;
+        }
+        return result;
+    }
+}
+
+async fn connect_to(
+    settings: &BackendSettings,
+    hs: &Handshake,
+    addr: String,
+) -> Result<(BackendStream, Option<String>), BackendError> {
     let name = &settings.name;
-    let addr = match settings.sentinels() {
-        Some(s) => s.master().await.map_err(|e| BackendError::unavailable(name, e))?,
-        None => settings.addr.clone(),
-    };
     let suspect = || {
         if let Some(s) = settings.sentinels() {
             s.suspect();

@@ -42,13 +42,14 @@ impl DedicatedConn {
         cluster: Arc<Cluster>,
         hs: &Handshake,
         pushes: Option<mpsc::UnboundedSender<Bytes>>,
+        shared: Arc<super::cluster::Lanes>,
     ) -> Result<DedicatedConn, BackendError> {
         cluster.ready().await?;
         let backend = cluster.name().clone();
         Ok(DedicatedConn {
             handshake: hs.clone(),
             backend,
-            inner: Inner::Cluster(Box::new(ClusterDedicated::new(cluster, pushes))),
+            inner: Inner::Cluster(Box::new(ClusterDedicated::new(cluster, pushes, shared))),
         })
     }
 

@@ -343,7 +343,10 @@ impl Backend {
         pushes: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
     ) -> Result<DedicatedConn, BackendError> {
         match &self.cluster {
-            Some(c) => DedicatedConn::cluster(c.clone(), hs, pushes).await,
+            Some(c) => {
+                let shared = self.shared(hs.proto, 0).lanes().expect("a cluster backend's pool is a cluster's");
+                DedicatedConn::cluster(c.clone(), hs, pushes, shared).await
+            }
             None => DedicatedConn::open(self.settings.clone(), hs, pushes).await,
         }
     }

@@ -42,6 +42,14 @@ impl SharedConn {
         SharedConn(Shared::Cluster(lanes, lane))
     }
 
+    /// The cluster connection set behind this handle, if it is one.
+    pub(super) fn lanes(&self) -> Option<Arc<Lanes>> {
+        match &self.0 {
+            Shared::Cluster(lanes, _) => Some(lanes.clone()),
+            Shared::Node(_) => None,
+        }
+    }
+
     /// Queues a job if there is room; gives it back otherwise.
     pub fn try_send(&self, job: Job) -> Result<(), Job> {
         match &self.0 {
@@ -72,6 +80,7 @@ impl SharedConn {
         match &self.0 {
             Shared::Node(c) => vec![c.ping().await],
             Shared::Cluster(lanes, lane) => {
+                lanes.settle(*lane).await;
                 let mut out = Vec::new();
                 for c in lanes.node_conns(*lane) {
                     out.push(c.ping().await);

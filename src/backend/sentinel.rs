@@ -178,6 +178,8 @@ async fn watcher(weak: Weak<Sentinels>) {
                     if let Ok(addr) = me.ask().await {
                         me.learn(addr);
                     }
+                    // Every -READONLY on every connection suspects: ask at most 5 times a second.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
