@@ -47,7 +47,7 @@ const SCAN_SPREAD: u64 = 1024;
 /// Which primary serves each slot.
 struct SlotMap {
     slots: Box<[u32]>,
-    /// Node ids of the primaries, ordered by address (the SCAN order).
+    /// Node ids of the primaries, ordered by the first slot they serve (the SCAN order).
     primaries: Vec<u32>,
 }
 
@@ -228,14 +228,17 @@ impl Cluster {
 
     fn install(&self, ranges: &[(u16, u16, String)]) {
         let mut map = SlotMap::empty();
-        let mut primaries: Vec<(String, u32)> = Vec::new();
+        // Primaries are ordered by the first slot they serve, which a failover (a replica with
+        // another address taking over) does not change: SCAN cursors stay valid across it.
+        let mut primaries: Vec<(u16, u32)> = Vec::new();
         for (start, end, addr) in ranges {
             let id = self.node_id(addr);
             for slot in *start..=*end {
                 map.slots[slot as usize] = id;
             }
-            if !primaries.iter().any(|(_, p)| *p == id) {
-                primaries.push((addr.clone(), id));
+            match primaries.iter_mut().find(|(_, p)| *p == id) {
+                Some(p) => p.0 = p.0.min(*start),
+                None => primaries.push((*start, id)),
             }
         }
         primaries.sort();

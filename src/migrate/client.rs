@@ -48,6 +48,8 @@ struct ClusterLink {
     /// Primaries in SCAN order.
     primaries: Vec<String>,
     table: CommandTable,
+    /// A WATCH was sent and no EXEC or UNWATCH yet.
+    watching: bool,
 }
 
 impl Conn {
@@ -60,6 +62,7 @@ impl Conn {
                     slots: Vec::new(),
                     primaries: Vec::new(),
                     table: CommandTable::builtin(),
+                    watching: false,
                 };
                 link.refresh(settings, seeds).await?;
                 Link::Cluster(Box::new(link))
@@ -256,18 +259,21 @@ impl ClusterLink {
             match crate::backend::cluster::fetch_slots(&settings.for_node(&addr)).await {
                 Ok(ranges) if !ranges.is_empty() => {
                     let mut slots = vec![String::new(); 16384];
-                    let mut primaries = Vec::new();
+                    // Ordered by first slot served, as the proxy orders them (stable across a
+                    // failover, so a resumed backfill's cursor still names the same shard).
+                    let mut primaries: Vec<(u16, String)> = Vec::new();
                     for (start, end, addr) in ranges {
                         for s in start..=end {
                             slots[s as usize] = addr.clone();
                         }
-                        if !primaries.contains(&addr) {
-                            primaries.push(addr);
+                        match primaries.iter_mut().find(|(_, a)| *a == addr) {
+                            Some(p) => p.0 = p.0.min(start),
+                            None => primaries.push((start, addr)),
                         }
                     }
                     primaries.sort();
                     self.slots = slots;
-                    self.primaries = primaries;
+                    self.primaries = primaries.into_iter().map(|(_, a)| a).collect();
                     return Ok(());
                 }
                 Ok(_) => errors.push(format!("{addr}: no slots assigned")),
@@ -349,8 +355,39 @@ impl ClusterLink {
                 let got = self.node(settings, &addr).await?.exchange(&batch).await?;
                 let mut got = got.into_iter();
                 for r in ranges {
-                    let unit: Vec<Value> = got.by_ref().take(r.len()).collect();
-                    if unit.iter().any(is_redirect) {
+                    let mut unit: Vec<Value> = got.by_ref().take(r.len()).collect();
+                    let is = |w: &str| {
+                        let argv = crate::backend::cluster::command_args(&cmds[r.start]);
+                        argv.first().is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()))
+                    };
+                    if is("WATCH") {
+                        self.watching = true;
+                    } else if is("UNWATCH") || is("MULTI") {
+                        // EXEC (or UNWATCH) ends a WATCH.
+                        let watched = std::mem::replace(&mut self.watching, false);
+                        if watched && is("MULTI") && unit.iter().any(is_redirect) {
+                            // Sent again elsewhere, the block would run without its WATCH:
+                            // answer as a WATCH that saw a change (the caller looks again).
+                            if let Some(last) = unit.last_mut() {
+                                *last = Value::Nil;
+                            }
+                        }
+                    }
+                    if unit.iter().any(is_redirect) && !matches!(unit.last(), Some(Value::Nil)) {
+                        // A single command asked to go to a slot's importing node: ASKING first.
+                        if let [Value::Error(e)] = unit.as_slice() {
+                            if let Some(to) = e
+                                .strip_prefix(b"ASK ")
+                                .and_then(|rest| std::str::from_utf8(rest).ok()?.split(' ').nth(1).map(str::to_string))
+                            {
+                                let asked = [reply::command(&["ASKING"]), cmds[r.start].clone()];
+                                let mut got = self.node(settings, &to).await?.exchange(&asked).await?;
+                                if let Some(v) = got.pop().filter(|v| !is_redirect(v)) {
+                                    replies[r.start] = Some(v);
+                                    continue;
+                                }
+                            }
+                        }
                         redirected.push(r);
                         continue;
                     }
