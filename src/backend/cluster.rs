@@ -73,6 +73,9 @@ pub struct Cluster {
     generation: AtomicU64,
     started: AtomicBool,
     redirects: AtomicU64,
+    /// Every connection set made for this cluster, so nodes that stop being primaries can
+    /// be let go.
+    lanes: Mutex<Vec<std::sync::Weak<Lanes>>>,
 }
 
 impl Cluster {
@@ -89,6 +92,7 @@ impl Cluster {
             generation: AtomicU64::new(0),
             started: AtomicBool::new(false),
             redirects: AtomicU64::new(0),
+            lanes: Mutex::new(Vec::new()),
         })
     }
 
@@ -253,7 +257,18 @@ impl Cluster {
                 "cluster: slot map updated"
             );
         }
+        let primaries = map.primaries.clone();
         self.map.store(Arc::new(map));
+        // Close the connections to nodes that no longer serve slots (a failed primary, a
+        // removed shard); a redirect to one of them opens them again.
+        let mut sets = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|w| match w.upgrade() {
+            Some(lanes) => {
+                lanes.keep_only(&primaries);
+                true
+            }
+            None => false,
+        });
     }
 
     fn primaries_of(&self, map: &SlotMap) -> Vec<String> {
@@ -296,7 +311,10 @@ impl Cluster {
                 "dbsize" => Route::All(Fan::Sum, map.primaries.clone()),
                 "keys" => Route::All(Fan::Concat, map.primaries.clone()),
                 "flushall" | "flushdb" | "script|flush" => Route::All(Fan::AllOk, map.primaries.clone()),
-                "script|load" => Route::All(Fan::Same, map.primaries.clone()),
+                "script|load" | "function|load" => Route::All(Fan::Same, map.primaries.clone()),
+                "function|delete" | "function|flush" | "function|restore" => {
+                    Route::All(Fan::AllOk, map.primaries.clone())
+                }
                 "scan" => self.route_scan(&map, &argv),
                 _ => any(),
             };
@@ -460,7 +478,7 @@ enum Again {
 impl Lanes {
     pub fn new(cluster: Arc<Cluster>, proto: Protocol, capacity: usize, width: usize) -> Arc<Lanes> {
         cluster.start();
-        Arc::new(Lanes {
+        let lanes = Arc::new(Lanes {
             cluster,
             proto,
             capacity,
@@ -468,7 +486,21 @@ impl Lanes {
             conns: RwLock::new(Vec::new()),
             waiting: Default::default(),
             retries: (0..width.max(1)).map(|_| Retries::default()).collect(),
-        })
+        });
+        let mut sets = lanes.cluster.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        sets.push(Arc::downgrade(&lanes));
+        drop(sets);
+        lanes
+    }
+
+    /// Drops the connections to nodes not in `primaries`.
+    fn keep_only(&self, primaries: &[u32]) {
+        let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
+        for (id, set) in conns.iter_mut().enumerate() {
+            if set.is_some() && !primaries.contains(&(id as u32)) {
+                *set = None;
+            }
+        }
     }
 
     fn conn(&self, node: u32, lane: usize) -> NodeConn {
