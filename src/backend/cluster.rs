@@ -46,6 +46,8 @@ const SCAN_SPREAD: u64 = 1024;
 
 /// Which primary serves each slot.
 struct SlotMap {
+    /// Bumped whenever the map changes.
+    version: u64,
     slots: Box<[u32]>,
     /// Node ids of the primaries, ordered by the first slot they serve (the SCAN order).
     primaries: Vec<u32>,
@@ -53,7 +55,7 @@ struct SlotMap {
 
 impl SlotMap {
     fn empty() -> SlotMap {
-        SlotMap { slots: vec![NONE; SLOTS].into_boxed_slice(), primaries: Vec::new() }
+        SlotMap { version: 0, slots: vec![NONE; SLOTS].into_boxed_slice(), primaries: Vec::new() }
     }
 }
 
@@ -181,8 +183,7 @@ impl Cluster {
 
     /// The primary for `slot`, or any primary when the slot is not covered (it will
     /// redirect or say the cluster is down, and the map will be refreshed).
-    fn slot_node(&self, slot: u16, lane: usize) -> Option<u32> {
-        let map = self.map.load();
+    fn slot_node(&self, map: &SlotMap, slot: u16, lane: usize) -> Option<u32> {
         match map.slots[slot as usize] {
             NONE => {
                 self.want_refresh();
@@ -248,7 +249,9 @@ impl Cluster {
         primaries.sort();
         map.primaries = primaries.into_iter().map(|(_, id)| id).collect();
         let old = self.map.load();
+        map.version = old.version;
         if old.primaries != map.primaries || old.slots != map.slots {
+            map.version += 1;
             let covered = map.slots.iter().filter(|&&n| n != NONE).count();
             tracing::info!(
                 backend = %self.settings.name,
@@ -277,7 +280,11 @@ impl Cluster {
 
     /// Where a command (or a block of commands) goes.
     fn route(&self, payload: &Bytes, replies: u32, lane: usize) -> Route {
-        let map = self.map.load();
+        self.route_in(&self.map.load(), payload, replies, lane)
+    }
+
+    /// [`Cluster::route`] on a given map.
+    fn route_in(&self, map: &SlotMap, payload: &Bytes, replies: u32, lane: usize) -> Route {
         let any = || match pick(&map.primaries, lane) {
             Some(n) => Route::One(n),
             None => Route::Reply(BackendError::unavailable(&self.settings.name, "no cluster primary known").to_resp()),
@@ -297,7 +304,7 @@ impl Cluster {
                 rest = &rest[used..];
                 if let Some(info) = table.lookup(&argv) {
                     if let Some(&k) = info.key_indices(&argv).first() {
-                        return self.slot_node(crate::route::slot(argv[k]), lane).map_or_else(any, Route::One);
+                        return self.slot_node(map, crate::route::slot(argv[k]), lane).map_or_else(any, Route::One);
                     }
                 }
             }
@@ -315,14 +322,14 @@ impl Cluster {
                 "function|delete" | "function|flush" | "function|restore" => {
                     Route::All(Fan::AllOk, map.primaries.clone())
                 }
-                "scan" => self.route_scan(&map, &argv),
+                "scan" => self.route_scan(map, &argv),
                 _ => any(),
             };
         }
         let first = crate::route::slot(argv[keys[0]]);
         let kind = MergeKind::for_command(&info.name);
         if kind.is_none() || keys.iter().all(|&k| crate::route::slot(argv[k]) == first) {
-            return self.slot_node(first, lane).map_or_else(any, Route::One);
+            return self.slot_node(map, first, lane).map_or_else(any, Route::One);
         }
         // Keys in several slots: one command per slot.
         let kind = kind.unwrap_or(MergeKind::Sum);
@@ -350,7 +357,7 @@ impl Cluster {
         }
         let mut parts = Vec::with_capacity(groups.len());
         for (slot, args, positions) in groups {
-            let Some(node) = self.slot_node(slot, lane) else { return any() };
+            let Some(node) = self.slot_node(map, slot, lane) else { return any() };
             parts.push((node, reply::command(&args), positions));
         }
         Route::Split { kind, total: keys.len(), parts }
@@ -466,7 +473,16 @@ pub struct Lanes {
 #[derive(Default)]
 struct Retries {
     tx: OnceLock<mpsc::UnboundedSender<Again>>,
+    /// Items in the queue or being sent.
     pending: std::sync::atomic::AtomicUsize,
+    /// New work goes through the queue while set.
+    hold: AtomicBool,
+    /// Commands sent on this lane and not yet answered.
+    inflight: std::sync::atomic::AtomicUsize,
+    /// Signalled when `inflight` drops to 0.
+    idle: tokio::sync::Notify,
+    /// The map version this lane last routed on.
+    seen: AtomicU64,
 }
 
 /// Work for a lane's retry task.
@@ -539,17 +555,21 @@ impl Lanes {
             self.enqueue(lane, Again::Fresh(job));
             return;
         }
-        self.dispatch(job, lane).await;
-    }
-
-    async fn dispatch(self: &Arc<Self>, job: Job, lane: usize) {
         if self.cluster.map.load().primaries.is_empty() {
             if let Err(e) = self.cluster.ready().await {
                 job.fail(&e);
                 return;
             }
         }
-        let route = self.cluster.route(&job.payload, job.replies, lane);
+        let map = self.cluster.map.load();
+        if self.map_moved(lane, &map) {
+            // Commands sent on the old map may still be on their way to a node that will
+            // redirect them: nothing routed on the new map may overtake them.
+            self.enqueue(lane, Again::Fresh(job));
+            return;
+        }
+        let route = self.cluster.route_in(&map, &job.payload, job.replies, lane);
+        drop(map);
         for (node, job) in self.issue(route, job, lane) {
             self.conn(node, lane).send(job).await;
         }
@@ -575,7 +595,13 @@ impl Lanes {
             });
             return Ok(());
         }
-        let route = self.cluster.route(&job.payload, job.replies, lane);
+        let map = self.cluster.map.load();
+        if self.map_moved(lane, &map) {
+            self.enqueue(lane, Again::Fresh(job));
+            return Ok(());
+        }
+        let route = self.cluster.route_in(&map, &job.payload, job.replies, lane);
+        drop(map);
         let nodes: SmallVec<[u32; 4]> = match &route {
             Route::One(n) => smallvec::smallvec![*n],
             Route::Split { parts, .. } => parts.iter().map(|p| p.0).collect(),
@@ -651,6 +677,7 @@ impl Lanes {
             (p.payload.clone(), p.replies, p.pick)
         };
         let me = self.clone();
+        self.retries[lane % self.retries.len()].inflight.fetch_add(1, Ordering::AcqRel);
         let sink = Sink::Callback(Box::new(move |reply: Reply| {
             let redirect = match &reply {
                 Ok(frame) if p.attempt + 1 < MAX_ATTEMPTS => Redirect::of(frame, p.replies > 1 && p.attempt == 0),
@@ -662,19 +689,67 @@ impl Lanes {
                 }
             };
             match redirect {
-                None => p.sink.deliver(reply),
+                None => {
+                    me.answered(lane);
+                    p.sink.deliver(reply)
+                }
                 Some(r) => {
                     me.cluster.redirects.fetch_add(1, Ordering::Relaxed);
+                    // Queued before it counts as answered: the retry task, once nothing is
+                    // in flight, finds every redirect already in its queue.
                     me.enqueue(lane, Again::Redirected(r, p));
+                    me.answered(lane);
                 }
             }
         }));
         Job { payload, replies, pick, sink }
     }
 
-    /// Whether lane `lane` has redirected work not yet sent again.
+    /// Whether lane `lane` is holding new work back behind redirected work.
     fn redirecting(&self, lane: usize) -> bool {
-        self.retries[lane % self.retries.len()].pending.load(Ordering::Acquire) > 0
+        self.retries[lane % self.retries.len()].hold.load(Ordering::Acquire)
+    }
+
+    /// Whether the slot map changed since this lane last sent directly while commands it
+    /// sent are still unanswered (they may reach a node that then redirects them, and must
+    /// not be overtaken by later commands routed on the new map).
+    fn map_moved(&self, lane: usize, map: &SlotMap) -> bool {
+        let r = &self.retries[lane % self.retries.len()];
+        let now = map.version;
+        if r.seen.load(Ordering::Acquire) == now {
+            return false;
+        }
+        if r.inflight.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        r.seen.store(now, Ordering::Release);
+        false
+    }
+
+    fn answered(&self, lane: usize) {
+        let r = &self.retries[lane % self.retries.len()];
+        if r.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            r.idle.notify_waiters();
+        }
+    }
+
+    /// Waits (up to the command timeout) until every command the lane sent is answered.
+    async fn quiet(&self, lane: usize) {
+        let r = &self.retries[lane % self.retries.len()];
+        let deadline = tokio::time::sleep(self.cluster.settings.command_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let idle = r.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if r.inflight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = &mut idle => {}
+                _ = &mut deadline => return,
+            }
+        }
     }
 
     /// Queues work on the lane's retry task, which sends it in order: redirected commands in
@@ -683,17 +758,48 @@ impl Lanes {
     fn enqueue(self: &Arc<Self>, lane: usize, again: Again) {
         let r = &self.retries[lane % self.retries.len()];
         r.pending.fetch_add(1, Ordering::AcqRel);
+        r.hold.store(true, Ordering::Release);
         let tx = r.tx.get_or_init(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<Again>();
             let weak = Arc::downgrade(self);
             tokio::spawn(async move {
-                while let Some(again) = rx.recv().await {
+                while let Some(first) = rx.recv().await {
                     let Some(me) = weak.upgrade() else { return };
-                    match again {
-                        Again::Redirected(r, p) => me.retry(r, p, lane).await,
-                        Again::Fresh(job) => me.dispatch(job, lane).await,
+                    // Once everything sent earlier is answered, every redirect among it is
+                    // queued: send those again first, in order, then the work held back.
+                    me.quiet(lane).await;
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
                     }
-                    me.retries[lane % me.retries.len()].pending.fetch_sub(1, Ordering::AcqRel);
+                    let n = batch.len();
+                    let mut fresh = Vec::new();
+                    for again in batch {
+                        match again {
+                            Again::Redirected(r, p) => me.retry(r, p, lane).await,
+                            Again::Fresh(job) => fresh.push(job),
+                        }
+                    }
+                    // One map for the whole batch: all of it goes where the first goes, in order.
+                    let map = me.cluster.map.load_full();
+                    me.retries[lane % me.retries.len()].seen.store(map.version, Ordering::Release);
+                    for job in fresh {
+                        let route = me.cluster.route_in(&map, &job.payload, job.replies, lane);
+                        for (node, job) in me.issue(route, job, lane) {
+                            me.conn(node, lane).send(job).await;
+                        }
+                    }
+                    let r = &me.retries[lane % me.retries.len()];
+                    r.pending.fetch_sub(n, Ordering::AcqRel);
+                    // Go back to sending directly only when nothing of this lane is in
+                    // flight or queued, so nothing sent later can overtake it.
+                    me.quiet(lane).await;
+                    if r.pending.load(Ordering::Acquire) == 0 {
+                        r.hold.store(false, Ordering::Release);
+                        if r.pending.load(Ordering::Acquire) > 0 {
+                            r.hold.store(true, Ordering::Release);
+                        }
+                    }
                 }
             });
             tx
