@@ -11,12 +11,12 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use support::cli::{run_tandem, verify_no_differences, CliOut};
 use support::cluster::{check_reshard, CLUSTER_SLOTS};
 use support::load::{self, check_ledger, value_seq, KeyKind, Load, LoadSpec, MirrorStats, Mix};
 use support::{http, key_slot, RawConn, RedisCluster, RedisServer, Tandem};
@@ -47,118 +47,21 @@ fn yaml_two(source_url: &str, target_url: &str, mirror_mode: &str) -> String {
     )
 }
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Exit code and output of one `tandem` CLI run.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    what: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn json(&self) -> Value {
-        let v: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("{}: stdout is not one JSON document ({e})\n{self}", self.what));
-        assert!(v.is_object(), "{}: stdout is not a JSON object\n{self}", self.what);
-        v
-    }
-
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "{}: unexpected exit code\n{self}", self.what);
-        self
-    }
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-/// Runs `tandem ARGS...` in `cwd`, bounded by `timeout`.
-fn tandem_cli(cwd: &Path, args: &[String], timeout: Duration) -> Out {
-    let mut cmd = Command::new(support::tandem_bin());
-    cmd.args(args).current_dir(cwd);
-    let out = support::output_with_timeout(cmd, timeout);
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        what: format!("tandem {}", args.join(" ")),
-    }
-}
-
 /// `tandem backfill --source S --target T --json --no-progress --checkpoint DIR/NAME`.
-fn backfill(dir: &Path, name: &str, source: &str, target: &str) -> Out {
+fn backfill(dir: &Path, name: &str, source: &str, target: &str) -> CliOut {
     let checkpoint = dir.join(format!("{name}.checkpoint.json")).display().to_string();
-    let args = strs(&[
-        "backfill",
-        "--source",
-        source,
-        "--target",
-        target,
-        "--json",
-        "--no-progress",
-        "--checkpoint",
-        &checkpoint,
-    ]);
-    tandem_cli(dir, &args, Duration::from_secs(90))
-}
-
-/// `tandem verify --source S --target T --json --no-progress --ttl-tolerance 1s --recheck-delay 200ms`.
-fn verify(dir: &Path, source: &str, target: &str) -> Out {
-    let args = strs(&[
-        "verify",
-        "--source",
-        source,
-        "--target",
-        target,
-        "--json",
-        "--no-progress",
-        "--ttl-tolerance",
-        "1s",
-        "--recheck-delay",
-        "200ms",
-    ]);
-    tandem_cli(dir, &args, Duration::from_secs(90))
-}
-
-/// Runs verify and asserts exit 0 with 0 differences; returns the JSON summary.
-#[track_caller]
-fn assert_no_differences(dir: &Path, source: &str, target: &str) -> Value {
-    let started = Instant::now();
-    let out = verify(dir, source, target);
-    let v = out.json();
-    assert_eq!(v["differences"], 0, "verify found differences\n{out}");
-    out.expect_code(0);
-    eprintln!("verify {source} -> {target}: {} in {:?}", out.stdout.trim(), started.elapsed());
-    v
+    let args =
+        ["backfill", "--source", source, "--target", target, "--json", "--no-progress", "--checkpoint", &checkpoint];
+    run_tandem(dir, &args, Duration::from_secs(90))
 }
 
 #[track_caller]
 fn n(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or_else(|| panic!("{field} missing or not a count in {v}"))
-}
-
-/// Waits until nothing is in flight in any mirror direction; returns the last `/status`.
-#[track_caller]
-fn wait_mirror_idle(proxy: &Tandem) -> Value {
-    let mut last = Value::Null;
-    support::wait_until(Duration::from_secs(30), "mirror queues drained", || {
-        last = http::status(proxy.admin_port());
-        last["mirror"]["towards"].as_object().is_some_and(|m| m.values().all(|d| d["in_flight"].as_u64() == Some(0)))
-    });
-    last
 }
 
 /// A string reply as text, panicking with the raw bytes otherwise.
@@ -722,7 +625,7 @@ fn single_server_to_cluster_migration_end_to_end() {
     assert!(cluster.dbsizes().iter().all(|&k| k > 5_000), "spread over the primaries: {:?}", cluster.dbsizes());
     load.wait_for_ops(200, Duration::from_secs(15));
 
-    let v = assert_no_differences(dir.path(), &source.url(), &cluster.seed_url());
+    let v = verify_no_differences(dir.path(), &source.url(), &cluster.seed_url());
     assert!(n(&v, "source_keys") >= 20_000, "{v}");
 
     for percent in [50, 100] {
@@ -732,12 +635,12 @@ fn single_server_to_cluster_migration_end_to_end() {
         assert_eq!(s["cutover"]["percent"].as_f64(), Some(percent as f64), "{s}");
         load.wait_for_ops(300, Duration::from_secs(15));
     }
-    assert_no_differences(dir.path(), &source.url(), &cluster.seed_url());
+    verify_no_differences(dir.path(), &source.url(), &cluster.seed_url());
     let report = load.stop();
     eprintln!("{}", report.summary());
     assert_eq!(report.failures(), 0, "client-visible errors during the migration:\n{}", report.summary());
     assert_eq!(report.stale_reads, 0, "stale reads during the migration:\n{}", report.summary());
-    let status = wait_mirror_idle(&proxy);
+    let status = http::wait_mirror_idle(proxy.admin_port());
     for side in [Side::Source, Side::Target] {
         if status["mirror"]["towards"].get(side.name()).is_some() {
             let m = MirrorStats::of(&status, side);
@@ -748,7 +651,7 @@ fn single_server_to_cluster_migration_end_to_end() {
     }
 
     // Quiet now: both stores hold exactly the same keys.
-    let v = assert_no_differences(dir.path(), &source.url(), &cluster.seed_url());
+    let v = verify_no_differences(dir.path(), &source.url(), &cluster.seed_url());
     let source_size: u64 = source.cli(&["DBSIZE"]).parse().unwrap();
     assert_eq!(n(&v, "source_keys"), source_size, "{v}");
     assert_eq!(n(&v, "target_keys"), cluster.dbsize_total(), "verify counts each cluster key once: {v}");
@@ -847,14 +750,14 @@ fn cluster_source_single_server_target_dual_write() {
     out.expect_code(0);
     assert_eq!(n(&r, "failed"), 0, "{out}");
     assert!(n(&r, "copied") >= 5_000, "the preexisting keys were copied out of every primary: {out}");
-    let status = wait_mirror_idle(&proxy);
+    let status = http::wait_mirror_idle(proxy.admin_port());
     let m = MirrorStats::of(&status, Side::Target);
     eprintln!("mirror towards the target: {m}");
     assert!(m.balanced(), "{m}");
     assert_eq!(m.not_applied(), 0, "{m}");
     assert!(m.applied >= 2000 + writes.len() as u64, "{m}");
 
-    let v = assert_no_differences(dir.path(), &cluster.seed_url(), &target.url());
+    let v = verify_no_differences(dir.path(), &cluster.seed_url(), &target.url());
     let expected = cluster.dbsize_total();
     assert_eq!(n(&v, "source_keys"), expected, "verify read every primary: {v}");
     assert_eq!(target.cli(&["DBSIZE"]), expected.to_string());

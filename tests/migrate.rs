@@ -12,62 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use support::cli::{self, run_tandem, strings, CliOut};
 use support::{http, RawConn, RedisServer, Relay, Tandem};
 
 // ---------------------------------------------------------------------------------------------
 // Running the CLI
 // ---------------------------------------------------------------------------------------------
-
-/// Exit code and output of one CLI run.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    what: String,
-}
-
-impl Out {
-    /// stdout parsed as exactly one JSON object (trailing text fails the parse).
-    #[track_caller]
-    fn json(&self) -> Value {
-        let v: Value = serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
-            panic!("{}: stdout is not exactly one JSON document ({e})\n{self}", self.what);
-        });
-        assert!(v.is_object(), "{}: stdout is not a JSON object\n{self}", self.what);
-        v
-    }
-
-    /// Panics with the whole output unless the exit code is `code`.
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "{}: unexpected exit code\n{self}", self.what);
-        self
-    }
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-/// Runs `tandem ARGS...` in `cwd` (so a default file never lands in the repository), bounded by
-/// `timeout`.
-fn tandem(cwd: &Path, args: &[String], timeout: Duration) -> Out {
-    let mut cmd = Command::new(support::tandem_bin());
-    cmd.args(args).current_dir(cwd);
-    let out = support::output_with_timeout(cmd, timeout);
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        what: format!("tandem {}", args.join(" ")),
-    }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 /// `tandem backfill --source S --target T --json --no-progress --checkpoint ... EXTRA...`.
 ///
@@ -85,43 +35,26 @@ fn backfill_args(dir: &Path, source: &str, target: &str, extra: &[&str]) -> Vec<
     args
 }
 
-fn backfill(dir: &Path, source: &str, target: &str, extra: &[&str]) -> Out {
-    tandem(dir, &backfill_args(dir, source, target, extra), Duration::from_secs(90))
+fn backfill(dir: &Path, source: &str, target: &str, extra: &[&str]) -> CliOut {
+    run_tandem(dir, &backfill_args(dir, source, target, extra), Duration::from_secs(90))
 }
 
-/// `tandem verify --source S --target T --json --no-progress --ttl-tolerance 1s ... EXTRA...`.
-fn verify(dir: &Path, source: &str, target: &str, extra: &[&str]) -> Out {
-    let mut args = strings(&[
-        "verify",
-        "--source",
-        source,
-        "--target",
-        target,
-        "--json",
-        "--no-progress",
-        "--ttl-tolerance",
-        "1s",
-        "--recheck-delay",
-        "100ms",
-    ]);
-    args.extend(strings(extra));
-    tandem(dir, &args, Duration::from_secs(90))
+/// `tandem verify --source S --target T --json --no-progress --ttl-tolerance 1s --recheck-delay
+/// 100ms EXTRA...`.
+fn verify(dir: &Path, source: &str, target: &str, extra: &[&str]) -> CliOut {
+    cli::verify(dir, source, target, "100ms", extra, Duration::from_secs(90))
 }
 
 /// Runs verify and asserts it found the two keyspaces identical (exit 0, differences 0).
 #[track_caller]
 fn assert_no_differences(dir: &Path, source: &RedisServer, target: &RedisServer) -> Value {
-    let out = verify(dir, &source.url(), &target.url(), &[]);
-    let v = out.json();
-    assert_eq!(v["differences"], 0, "verify found differences\n{out}");
-    out.expect_code(0);
-    v
+    verify(dir, &source.url(), &target.url(), &[]).expect_no_differences()
 }
 
-fn repair(dir: &Path, source: &str, target: &str, extra: &[&str]) -> Out {
+fn repair(dir: &Path, source: &str, target: &str, extra: &[&str]) -> CliOut {
     let mut args = strings(&["repair", "--source", source, "--target", target, "--json"]);
     args.extend(strings(extra));
-    tandem(dir, &args, Duration::from_secs(60))
+    run_tandem(dir, &args, Duration::from_secs(60))
 }
 
 /// A JSON counter as u64, panicking with the whole object if it is missing.
@@ -513,7 +446,7 @@ fn key_deleted_during_backfill_is_not_resurrected() {
     )
     .unwrap();
     let config = config.display().to_string();
-    tandem(dir.path(), &strings(&["check", "--config", &config]), Duration::from_secs(10)).expect_code(0);
+    run_tandem(dir.path(), &strings(&["check", "--config", &config]), Duration::from_secs(10)).expect_code(0);
 
     let checkpoint = dir.path().join("cp.json").display().to_string();
     let args = strings(&[
@@ -528,7 +461,7 @@ fn key_deleted_during_backfill_is_not_resurrected() {
         &checkpoint,
     ]);
     let run_dir = dir.path().to_path_buf();
-    let run = std::thread::spawn(move || tandem(&run_dir, &args, Duration::from_secs(60)));
+    let run = std::thread::spawn(move || run_tandem(&run_dir, &args, Duration::from_secs(60)));
     // The batch has been read from the source (its RESTOREs are on their way through the slow
     // link) when the application deletes one of its keys.
     support::wait_until(Duration::from_secs(20), "backfill to DUMP its batch from the source", || {
@@ -938,11 +871,11 @@ fn bad_input_exits_2_with_a_clear_message() {
     out.expect_code(2);
     assert!(out.stderr.contains("target"), "the message names the unreachable target\n{out}");
 
-    let out = tandem(dir.path(), &strings(&["verify", "--json", "--no-progress"]), Duration::from_secs(15));
+    let out = run_tandem(dir.path(), &strings(&["verify", "--json", "--no-progress"]), Duration::from_secs(15));
     out.expect_code(2);
     assert!(!out.stderr.trim().is_empty(), "verify without a source says why\n{out}");
 
-    let out = tandem(
+    let out = run_tandem(
         dir.path(),
         &strings(&["verify", "--source", &source.url(), "--target", &nobody, "--json", "--no-progress"]),
         Duration::from_secs(15),

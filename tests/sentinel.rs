@@ -9,13 +9,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::cli::verify_no_differences;
 use support::load::{self, MirrorStats};
 use support::sentinel::MASTER_NAME;
 use support::{encode_cmd, http, RawConn, RedisServer, SentinelSet, Tandem};
@@ -47,51 +46,6 @@ fn backends(proxy: &Tandem) -> Vec<Value> {
 
 fn backend_up(proxy: &Tandem, name: &str) -> bool {
     backends(proxy).iter().any(|b| b["name"] == name && b["up"] == true)
-}
-
-/// Exit code and output of one `tandem` CLI run, bounded.
-fn tandem_cli(cwd: &Path, args: &[&str], timeout: Duration) -> (i32, String, String) {
-    let mut cmd = Command::new(support::tandem_bin());
-    cmd.args(args).current_dir(cwd);
-    let out = support::output_with_timeout(cmd, timeout);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `tandem verify` between two URLs; asserts exit 0 and 0 differences.
-#[track_caller]
-fn assert_no_differences(dir: &Path, source: &str, target: &str) -> Value {
-    let args = [
-        "verify",
-        "--source",
-        source,
-        "--target",
-        target,
-        "--json",
-        "--no-progress",
-        "--ttl-tolerance",
-        "1s",
-        "--recheck-delay",
-        "200ms",
-    ];
-    let (code, stdout, stderr) = tandem_cli(dir, &args, Duration::from_secs(60));
-    let what = format!("tandem {}\nexit {code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}", args.join(" "));
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {what}"));
-    assert_eq!(v["differences"], 0, "verify found differences: {what}");
-    assert_eq!(code, 0, "{what}");
-    v
-}
-
-fn wait_mirror_idle(proxy: &Tandem) -> Value {
-    let mut last = Value::Null;
-    support::wait_until(Duration::from_secs(30), "mirror queues drained", || {
-        last = http::status(proxy.admin_port());
-        last["mirror"]["towards"].as_object().is_some_and(|m| m.values().all(|d| d["in_flight"].as_u64() == Some(0)))
-    });
-    last
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,11 +368,11 @@ fn a_sentinel_target_receives_the_mirror_across_a_failover() {
         assert_eq!(c.request(&["SET", &format!("a:{i}"), &format!("v{i}")]), b"+OK\r\n");
     }
     assert_eq!(c.request(&["HSET", "h", "f", "1"]), b":1\r\n");
-    wait_mirror_idle(&proxy);
+    http::wait_mirror_idle(proxy.admin_port());
     let master = set.current_master_server();
     assert_eq!(master.cli(&["DBSIZE"]), "501");
     assert_eq!(get_direct(master, "a:499").as_deref(), Some("v499"));
-    assert_no_differences(dir.path(), &source.url(), &set.url());
+    verify_no_differences(dir.path(), &source.url(), &set.url());
     support::wait_until(Duration::from_secs(10), "/status shows the target up", || backend_up(&proxy, "target"));
 
     // The target fails over; the mirror follows it to the new master.
@@ -444,7 +398,7 @@ fn a_sentinel_target_receives_the_mirror_across_a_failover() {
         assert_eq!(c.request(&["SET", &format!("b:{i}"), &format!("w{i}")]), b"+OK\r\n");
     }
     assert_eq!(c.request(&["DEL", "a:0", "a:1"]), b":2\r\n");
-    let status = wait_mirror_idle(&proxy);
+    let status = http::wait_mirror_idle(proxy.admin_port());
     let m = MirrorStats::of(&status, Side::Target);
     eprintln!("mirror towards the target: {m}");
     assert!(m.balanced(), "{m}");
@@ -453,5 +407,5 @@ fn a_sentinel_target_receives_the_mirror_across_a_failover() {
     assert_eq!(get_direct(new_master, "a:0"), None);
     // Nothing but the probes was written between the failover call and the switch, so the
     // two stores are equal.
-    assert_no_differences(dir.path(), &source.url(), &set.url());
+    verify_no_differences(dir.path(), &source.url(), &set.url());
 }

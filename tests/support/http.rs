@@ -37,3 +37,15 @@ pub fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 pub fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&get(port, "/status")).expect("status is JSON")
 }
+
+/// Waits (up to 30 s) until no mirror direction has writes in flight; returns the last
+/// `/status`.
+#[track_caller]
+pub fn wait_mirror_idle(port: u16) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    super::wait_until(std::time::Duration::from_secs(30), "mirror queues drained", || {
+        last = status(port);
+        last["mirror"]["towards"].as_object().is_some_and(|m| m.values().all(|d| d["in_flight"].as_u64() == Some(0)))
+    });
+    last
+}

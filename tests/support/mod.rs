@@ -21,6 +21,7 @@
 // part of the module; that is expected, not worth a warning per file.
 #![allow(unused_imports)]
 
+pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod load;
