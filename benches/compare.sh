@@ -137,89 +137,10 @@ for cmd in redis-server redis-cli redis-benchmark nutcracker python3 timeout; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "compare.sh: $cmd not found" >&2; exit 2; }
 done
 
-exec 3>&2 # progress goes to the original stderr, even from inside redirected calls
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
-die() { log "ERROR: $*"; exit 1; }
-
-requests_for() { # test pipeline -> requests per run
-  local n
-  if [[ -n $REQUESTS ]]; then n=$REQUESTS
-  elif [[ $2 -le 1 ]]; then n=$REQ_P1
-  else n=$REQ_PN; fi
-  if [[ $1 == mset ]]; then
-    if [[ $2 -le 1 ]]; then n=$((n / MSET_DIV_P1)); else n=$((n / MSET_DIV_PN)); fi
-  fi
-  [[ $QUICK == 1 ]] && n=$((n / 10))
-  ((n < 100)) && n=100
-  echo "$n"
-}
-
-# ---------------------------------------------------------------------------------
-# Process bookkeeping: every PID this script starts goes into PIDS; cleanup kills
-# exactly those (newest first), never anything by name.
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/tandem-compare.XXXXXX")
-
-cleanup() {
-  local rc=$? i pid
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[$i]}
-    kill -TERM "$pid" 2>/dev/null
-  done
-  for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful exit
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
-
-forget_pid() { # remove a PID from PIDS after stopping it ourselves
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  forget_pid "$pid"
-}
-
-# N distinct free loopback ports (all sockets held open together, then released).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
-
-wait_ready() { # port pid name -> 0 when PING answers PONG; 1 if the process died / 20 s
-  local i
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$2" 2>/dev/null || return 1
-    [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null) == PONG ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# Shared helpers (logging, process bookkeeping and cleanup, ports, run sizes).
+BENCH_NAME=compare
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 start_redis() { # name port -> sets R_PID
   redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
@@ -227,17 +148,6 @@ start_redis() { # name port -> sets R_PID
   R_PID=$!
   PIDS+=("$R_PID")
   wait_ready "$2" "$R_PID" "$1" || { tail -20 "$TMP/$1.log" >&2; die "$1 redis-server did not start"; }
-}
-
-# Runs a command under `timeout` in the background and waits for it, so that a
-# signal to this script is handled at once (cleanup then kills it). Sets BG_RC.
-bounded() { # seconds cmd...
-  timeout -k 5 "$1" "${@:2}" &
-  local pid=$!
-  PIDS+=("$pid")
-  BG_RC=0
-  wait "$pid" || BG_RC=$?
-  forget_pid "$pid"
 }
 
 # ---------------------------------------------------------------------------------
