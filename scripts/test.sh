@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine: installs redis-server and
-# redis-tools when missing, then runs every test (unit, property and integration tests
-# against real redis-server processes on loopback).
+# Runs the whole test suite on a fresh Debian machine: installs redis-server, redis-tools
+# (redis-cli, redis-benchmark) and procps (kill) when missing, then runs every test (unit,
+# property and integration tests against real redis-server processes on loopback).
 #
 #   ./scripts/test.sh            # what a developer runs
 #   CI=true ./scripts/test.sh    # what .ci/run runs (also checks fmt and clippy)
@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# The harness signals tandem with kill(1), which is procps's (the shell's builtin is not a
+# program); a bare Debian image has no procps.
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""
