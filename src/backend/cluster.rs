@@ -109,8 +109,7 @@ impl Cluster {
 
     /// The primaries' addresses, in SCAN order.
     pub fn primaries(&self) -> Vec<String> {
-        let map = self.map.load();
-        map.primaries.iter().map(|&n| self.node(n).addr.clone()).collect()
+        self.primaries_of(&self.map.load())
     }
 
     /// Starts the task that keeps the slot map current (once).
@@ -235,19 +234,15 @@ impl Cluster {
         let mut map = SlotMap::empty();
         // Primaries are ordered by the first slot they serve, which a failover (a replica with
         // another address taking over) does not change: SCAN cursors stay valid across it.
-        let mut primaries: Vec<(u16, u32)> = Vec::new();
+        let mut starts = Vec::with_capacity(ranges.len());
         for (start, end, addr) in ranges {
             let id = self.node_id(addr);
             for slot in *start..=*end {
                 map.slots[slot as usize] = id;
             }
-            match primaries.iter_mut().find(|(_, p)| *p == id) {
-                Some(p) => p.0 = p.0.min(*start),
-                None => primaries.push((*start, id)),
-            }
+            starts.push((*start, id));
         }
-        primaries.sort();
-        map.primaries = primaries.into_iter().map(|(_, id)| id).collect();
+        map.primaries = by_first_slot(starts);
         let old = self.map.load();
         map.version = old.version;
         if old.primaries != map.primaries || old.slots != map.slots {
@@ -290,12 +285,11 @@ impl Cluster {
             None => Route::Reply(BackendError::unavailable(&self.settings.name, "no cluster primary known").to_resp()),
         };
         let table = builtin();
-        if let Some((argv, _)) = parse_command(payload) {
-            if argv.len() == 2 && argv[0].eq_ignore_ascii_case(b"select") && argv[1] != b"0" {
-                // A mirrored write from another database (`SELECT n; cmd; SELECT 0`) must not
-                // land in database 0: refuse it whole, so it is counted as failed.
-                return Route::Reply(reply::error("ERR tandem: a Redis Cluster has only database 0"));
-            }
+        let Some((argv, _)) = parse_command(payload) else { return any() };
+        if argv.len() == 2 && argv[0].eq_ignore_ascii_case(b"select") && argv[1] != b"0" {
+            // A mirrored write from another database (`SELECT n; cmd; SELECT 0`) must not
+            // land in database 0: refuse it whole, so it is counted as failed.
+            return Route::Reply(reply::error("ERR tandem: a Redis Cluster has only database 0"));
         }
         if replies != 1 {
             // A MULTI block or a SELECT-wrapped command: the first key decides.
@@ -310,18 +304,16 @@ impl Cluster {
             }
             return any();
         }
-        let Some((argv, _)) = parse_command(payload) else { return any() };
         let Some(info) = table.lookup(&argv) else { return any() };
         let keys = info.key_indices(&argv);
         if keys.is_empty() {
             return match &*info.name {
                 "dbsize" => Route::All(Fan::Sum, map.primaries.clone()),
                 "keys" => Route::All(Fan::Concat, map.primaries.clone()),
-                "flushall" | "flushdb" | "script|flush" => Route::All(Fan::AllOk, map.primaries.clone()),
-                "script|load" | "function|load" => Route::All(Fan::Same, map.primaries.clone()),
-                "function|delete" | "function|flush" | "function|restore" => {
+                "flushall" | "flushdb" | "script|flush" | "function|delete" | "function|flush" | "function|restore" => {
                     Route::All(Fan::AllOk, map.primaries.clone())
                 }
+                "script|load" | "function|load" => Route::All(Fan::Same, map.primaries.clone()),
                 "scan" => self.route_scan(map, &argv),
                 _ => any(),
             };
@@ -368,13 +360,45 @@ impl Cluster {
         let Some(cursor) = argv.get(1).and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok()) else {
             return bad();
         };
-        let index = (cursor % SCAN_SPREAD) as usize;
+        let (index, inner) = split_scan_cursor(cursor);
         let Some(&node) = map.primaries.get(index) else { return bad() };
-        let inner = (cursor / SCAN_SPREAD).to_string();
+        let inner = inner.to_string();
         let mut args: Vec<&[u8]> = argv.to_vec();
         args[1] = inner.as_bytes();
         Route::Scan { node, index, count: map.primaries.len(), payload: reply::command(&args) }
     }
+}
+
+/// The distinct nodes of `(first slot of a range, node)` pairs, ordered by the first slot
+/// each serves: the SCAN order, which a failover (a replica with another address taking
+/// over the same slots) does not change.
+pub(crate) fn by_first_slot<N: PartialEq + Ord>(mut starts: Vec<(u16, N)>) -> Vec<N> {
+    starts.sort();
+    let mut out: Vec<N> = Vec::new();
+    for (_, n) in starts {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The cursor to hand back after primary `index` (of `count`) answered SCAN with `inner`:
+/// the same primary's next cursor, the next primary's start, or 0 after the last; `None`
+/// when `inner` is too large to carry the index.
+pub(crate) fn next_scan_cursor(inner: u64, index: usize, count: usize) -> Option<u64> {
+    if inner != 0 {
+        inner.checked_mul(SCAN_SPREAD).map(|n| n + index as u64)
+    } else if index + 1 < count {
+        Some(index as u64 + 1)
+    } else {
+        Some(0)
+    }
+}
+
+/// A client's SCAN cursor as (primary index, that primary's own cursor).
+pub(crate) fn split_scan_cursor(cursor: u64) -> (usize, u64) {
+    ((cursor % SCAN_SPREAD) as usize, cursor / SCAN_SPREAD)
 }
 
 /// A primary for keyless work, spread over the lanes.
@@ -382,7 +406,8 @@ fn pick(primaries: &[u32], lane: usize) -> Option<u32> {
     (!primaries.is_empty()).then(|| primaries[lane % primaries.len()])
 }
 
-fn builtin() -> &'static CommandTable {
+/// The built-in command table, built once (key positions for routing).
+pub(crate) fn builtin() -> &'static CommandTable {
     static TABLE: OnceLock<CommandTable> = OnceLock::new();
     TABLE.get_or_init(CommandTable::builtin)
 }
@@ -420,7 +445,7 @@ enum Route {
 
 /// Why a node declined a command, and what to do about it.
 #[derive(Debug, PartialEq, Eq)]
-enum Redirect {
+pub(crate) enum Redirect {
     Moved(String),
     Ask(String),
     /// TRYAGAIN, CLUSTERDOWN, or a transaction aborted (possibly by a MOVED inside it).
@@ -434,8 +459,12 @@ impl Redirect {
         if frame.first() != Some(&b'-') {
             return None;
         }
-        let line = std::str::from_utf8(frame.get(1..frame.len().saturating_sub(2))?).ok()?;
-        let mut words = line.split(' ');
+        Redirect::of_text(frame.get(1..frame.len().saturating_sub(2))?, aborted_too)
+    }
+
+    /// The same, from an error's text (without the `-` and the line end).
+    pub(crate) fn of_text(text: &[u8], aborted_too: bool) -> Option<Redirect> {
+        let mut words = std::str::from_utf8(text).ok()?.split(' ');
         match words.next()? {
             "MOVED" => Some(Redirect::Moved(words.nth(1)?.to_string())),
             "ASK" => Some(Redirect::Ask(words.nth(1)?.to_string())),
@@ -555,13 +584,14 @@ impl Lanes {
             self.enqueue(lane, Again::Fresh(job));
             return;
         }
-        if self.cluster.map.load().primaries.is_empty() {
+        let mut map = self.cluster.map.load();
+        if map.primaries.is_empty() {
             if let Err(e) = self.cluster.ready().await {
                 job.fail(&e);
                 return;
             }
+            map = self.cluster.map.load();
         }
-        let map = self.cluster.map.load();
         if self.map_moved(lane, &map) {
             // Commands sent on the old map may still be on their way to a node that will
             // redirect them: nothing routed on the new map may overtake them.
@@ -581,7 +611,8 @@ impl Lanes {
             self.enqueue(lane, Again::Fresh(job));
             return Ok(());
         }
-        if self.cluster.map.load().primaries.is_empty() {
+        let map = self.cluster.map.load();
+        if map.primaries.is_empty() {
             // No map yet (the first moments after start): up to a queue's worth of jobs wait
             // for it; beyond that they are refused (the caller counts them as dropped).
             if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
@@ -595,7 +626,6 @@ impl Lanes {
             });
             return Ok(());
         }
-        let map = self.cluster.map.load();
         if self.map_moved(lane, &map) {
             self.enqueue(lane, Again::Fresh(job));
             return Ok(());
@@ -609,11 +639,13 @@ impl Lanes {
             Route::Scan { node, .. } => smallvec::smallvec![*node],
             Route::Reply(_) => SmallVec::new(),
         };
-        if !nodes.iter().all(|&n| self.conn(n, lane).has_room()) {
+        let conns: SmallVec<[NodeConn; 4]> = nodes.iter().map(|&n| self.conn(n, lane)).collect();
+        if !conns.iter().all(NodeConn::has_room) {
             return Err(job);
         }
-        for (node, job) in self.issue(route, job, lane) {
-            if let Err(job) = self.conn(node, lane).try_send(job) {
+        // `issue` yields the jobs in the order of `nodes`.
+        for ((_, job), conn) in self.issue(route, job, lane).into_iter().zip(&conns) {
+            if let Err(job) = conn.try_send(job) {
                 // Lost a race for the last slot of the queue: count it as refused.
                 job.fail(&BackendError::Overloaded { backend: self.cluster.settings.name.clone(), what: "queue" });
             }
@@ -622,16 +654,16 @@ impl Lanes {
     }
 
     /// Turns a routed job into the jobs to send, each wrapped to follow redirects.
-    fn issue(self: &Arc<Self>, route: Route, job: Job, lane: usize) -> Vec<(u32, Job)> {
+    fn issue(self: &Arc<Self>, route: Route, job: Job, lane: usize) -> SmallVec<[(u32, Job); 1]> {
         let Job { payload, replies, pick, sink } = job;
         match route {
             Route::One(node) => {
                 let p = Pending { payload, replies, pick, sink, attempt: 0 };
-                vec![(node, self.guard(p, lane, false))]
+                smallvec::smallvec![(node, self.guard(p, lane, false))]
             }
             Route::Reply(frame) => {
                 sink.deliver(Ok(frame));
-                Vec::new()
+                SmallVec::new()
             }
             Route::Split { kind, total, parts } => {
                 let gather = Gather::new(parts.len(), sink, move |replies| merge::merge(kind, total, replies));
@@ -661,7 +693,7 @@ impl Lanes {
                     sink.deliver(reply.map(|frame| scan_reply(&frame, index, count)));
                 }));
                 // A SCAN is not retried elsewhere: its cursor belongs to this node.
-                vec![(node, Job { payload, replies: 1, pick: 0, sink })]
+                smallvec::smallvec![(node, Job { payload, replies: 1, pick: 0, sink })]
             }
         }
     }
@@ -937,15 +969,8 @@ fn scan_reply(frame: &Bytes, index: usize, count: usize) -> Bytes {
     let inner = value::parse(&parts[0])
         .and_then(|v| v.as_bytes().and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok()));
     let Some(inner) = inner else { return frame.clone() };
-    let next = if inner != 0 {
-        match inner.checked_mul(SCAN_SPREAD) {
-            Some(n) => n + index as u64,
-            None => return reply::error("ERR tandem: cluster SCAN cursor out of range"),
-        }
-    } else if index + 1 < count {
-        index as u64 + 1
-    } else {
-        0
+    let Some(next) = next_scan_cursor(inner, index, count) else {
+        return reply::error("ERR tandem: cluster SCAN cursor out of range");
     };
     let mut out = BytesMut::with_capacity(frame.len() + 8);
     out.put_slice(b"*2\r\n");
@@ -1072,12 +1097,16 @@ impl ClusterDedicated {
     }
 
     pub(super) async fn send(&self, job: Job, hs: &Handshake) -> Result<(), BackendError> {
-        let first = command_args(&job.payload).first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+        let (is_watch, is_unwatch, is_multi) = {
+            let argv = command_args(&job.payload);
+            let is = |w: &[u8]| argv.first().is_some_and(|a| a.eq_ignore_ascii_case(w));
+            (is(b"watch"), is(b"unwatch"), is(b"multi"))
+        };
         let mut conns = self.conns.lock().await;
         if matches!(job.sink, Sink::Discard) {
             // A state change (database, name, UNWATCH): every node connection needs it;
             // connections opened later get it from the handshake.
-            if first == b"unwatch" {
+            if is_unwatch {
                 self.watching.store(NONE, Ordering::Release);
             }
             for (_, tx) in conns.iter() {
@@ -1098,7 +1127,7 @@ impl ClusterDedicated {
             }
         };
         let watched = self.watching.load(Ordering::Acquire);
-        let node = if first == b"multi" && watched != NONE {
+        let node = if is_multi && watched != NONE {
             // EXEC ends the WATCH wherever it ran; run the block where the WATCH is, so a
             // change to a watched key aborts it (or the node refuses keys it does not serve).
             self.watching.store(NONE, Ordering::Release);
@@ -1109,7 +1138,7 @@ impl ClusterDedicated {
                 _ => node,
             }
         };
-        if first == b"watch" {
+        if is_watch {
             self.watching.store(node, Ordering::Release);
         }
         let tx = match conns.iter().find(|(n, _)| *n == node) {

@@ -72,7 +72,7 @@ impl DedicatedConn {
 
     pub async fn send(&self, job: Job) -> Result<(), BackendError> {
         let tx = match &self.inner {
-            Inner::Node(tx) => tx.clone(),
+            Inner::Node(tx) => tx,
             Inner::Cluster(c) => return c.send(job, &self.handshake).await,
         };
         tx.send(job).await.map_err(|mpsc::error::SendError(job)| {

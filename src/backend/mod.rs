@@ -280,7 +280,7 @@ impl Backend {
             let width = self.settings.pool_size.max(1);
             match &self.cluster {
                 Some(c) => {
-                    let lanes = cluster::Lanes::new(c.clone(), proto, pool::SHARED_QUEUE, width);
+                    let lanes = cluster::Lanes::new(c.clone(), proto, pool::QUEUE, width);
                     (0..width).map(|lane| SharedConn::cluster(lanes.clone(), lane)).collect()
                 }
                 None => (0..width)

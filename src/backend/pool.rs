@@ -16,10 +16,7 @@ use super::{BackendError, BackendSettings, Health, Job, Reply};
 use crate::proto::reply::Protocol;
 
 /// Jobs queued per shared connection before senders wait (backpressure on clients).
-const QUEUE: usize = 4096;
-
-/// Jobs queued per shared connection (the default capacity of [`NodeConn::spawn_with`]).
-pub(super) const SHARED_QUEUE: usize = QUEUE;
+pub(super) const QUEUE: usize = 4096;
 
 /// Handle to one pooled connection: to one server, or to a cluster (whose jobs are routed to
 /// the node serving their slot).

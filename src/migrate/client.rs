@@ -12,13 +12,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::backend::cluster::{self, Redirect};
 use crate::backend::{BackendSettings, Handshake, Topology};
-use crate::proto::commands::CommandTable;
 use crate::proto::reply::{self, Protocol};
 use crate::proto::value::{self, Value};
-
-/// SCAN cursors over a cluster carry the primary's index in their low part.
-const SCAN_SPREAD: u64 = 1024;
 
 /// One pipelined connection to a backend (one per primary for a cluster).
 pub struct Conn {
@@ -47,7 +44,6 @@ struct ClusterLink {
     slots: Vec<String>,
     /// Primaries in SCAN order.
     primaries: Vec<String>,
-    table: CommandTable,
     /// A WATCH was sent and no EXEC or UNWATCH yet.
     watching: bool,
 }
@@ -57,13 +53,8 @@ impl Conn {
     pub async fn open(settings: &BackendSettings) -> anyhow::Result<Conn> {
         let link = match &settings.topology {
             Topology::Cluster { seeds } => {
-                let mut link = ClusterLink {
-                    nodes: Vec::new(),
-                    slots: Vec::new(),
-                    primaries: Vec::new(),
-                    table: CommandTable::builtin(),
-                    watching: false,
-                };
+                let mut link =
+                    ClusterLink { nodes: Vec::new(), slots: Vec::new(), primaries: Vec::new(), watching: false };
                 link.refresh(settings, seeds).await?;
                 Link::Cluster(Box::new(link))
             }
@@ -120,22 +111,14 @@ impl Conn {
     /// `SCAN cursor [MATCH m] COUNT n [TYPE t]`: the next cursor and a batch of keys.
     pub async fn scan(&mut self, cursor: u64, pattern: Option<&str>, count: u32) -> anyhow::Result<(u64, Vec<Bytes>)> {
         let Link::Cluster(c) = &mut self.link else { return self.scan_node(cursor, pattern, count, None).await };
-        let index = (cursor % SCAN_SPREAD) as usize;
+        let (index, inner) = cluster::split_scan_cursor(cursor);
         let Some(addr) = c.primaries.get(index).cloned() else {
             anyhow::bail!("{}: SCAN cursor {cursor} names no primary", self.name)
         };
         let primaries = c.primaries.len();
-        let (inner, keys) = self.scan_node(cursor / SCAN_SPREAD, pattern, count, Some(&addr)).await?;
-        let next = if inner != 0 {
-            inner
-                .checked_mul(SCAN_SPREAD)
-                .map(|n| n + index as u64)
-                .ok_or_else(|| anyhow::anyhow!("{}: SCAN cursor out of range", self.name))?
-        } else if index + 1 < primaries {
-            index as u64 + 1
-        } else {
-            0
-        };
+        let (inner, keys) = self.scan_node(inner, pattern, count, Some(&addr)).await?;
+        let next = cluster::next_scan_cursor(inner, index, primaries)
+            .ok_or_else(|| anyhow::anyhow!("{}: SCAN cursor out of range", self.name))?;
         Ok((next, keys))
     }
 
@@ -256,24 +239,19 @@ impl ClusterLink {
         let mut candidates = self.primaries.clone();
         candidates.extend(seeds.iter().cloned());
         for addr in candidates {
-            match crate::backend::cluster::fetch_slots(&settings.for_node(&addr)).await {
+            match cluster::fetch_slots(&settings.for_node(&addr)).await {
                 Ok(ranges) if !ranges.is_empty() => {
                     let mut slots = vec![String::new(); 16384];
-                    // Ordered by first slot served, as the proxy orders them (stable across a
-                    // failover, so a resumed backfill's cursor still names the same shard).
-                    let mut primaries: Vec<(u16, String)> = Vec::new();
+                    let mut starts = Vec::with_capacity(ranges.len());
                     for (start, end, addr) in ranges {
                         for s in start..=end {
                             slots[s as usize] = addr.clone();
                         }
-                        match primaries.iter_mut().find(|(_, a)| *a == addr) {
-                            Some(p) => p.0 = p.0.min(start),
-                            None => primaries.push((start, addr)),
-                        }
+                        starts.push((start, addr));
                     }
-                    primaries.sort();
                     self.slots = slots;
-                    self.primaries = primaries.into_iter().map(|(_, a)| a).collect();
+                    // The proxy's order, so a resumed backfill's cursor names the same shard.
+                    self.primaries = cluster::by_first_slot(starts);
                     return Ok(());
                 }
                 Ok(_) => errors.push(format!("{addr}: no slots assigned")),
@@ -300,11 +278,11 @@ impl ClusterLink {
         let mut out = Vec::new();
         let mut i = 0;
         while i < cmds.len() {
-            let argv = crate::backend::cluster::command_args(&cmds[i]);
+            let argv = cluster::command_args(&cmds[i]);
             let is = |w: &str| argv.first().is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()));
             let end = if is("MULTI") {
                 let close = (i + 1..cmds.len()).find(|&j| {
-                    let a = crate::backend::cluster::command_args(&cmds[j]);
+                    let a = cluster::command_args(&cmds[j]);
                     a.first().is_some_and(|a| a.eq_ignore_ascii_case(b"EXEC") || a.eq_ignore_ascii_case(b"DISCARD"))
                 });
                 close.map_or(cmds.len(), |j| j + 1)
@@ -314,8 +292,10 @@ impl ClusterLink {
             let mut dest =
                 if is("SCRIPT") || is("UNWATCH") || is("FLUSHALL") || is("FLUSHDB") { Dest::All } else { Dest::Any };
             for cmd in &cmds[i..end] {
-                let argv = crate::backend::cluster::command_args(cmd);
-                if let Some(k) = self.table.lookup(&argv).and_then(|info| info.key_indices(&argv).first().copied()) {
+                let argv = cluster::command_args(cmd);
+                if let Some(k) =
+                    cluster::builtin().lookup(&argv).and_then(|info| info.key_indices(&argv).first().copied())
+                {
                     dest = Dest::Slot(crate::route::slot(argv[k]));
                     break;
                 }
@@ -357,7 +337,7 @@ impl ClusterLink {
                 for r in ranges {
                     let mut unit: Vec<Value> = got.by_ref().take(r.len()).collect();
                     let is = |w: &str| {
-                        let argv = crate::backend::cluster::command_args(&cmds[r.start]);
+                        let argv = cluster::command_args(&cmds[r.start]);
                         argv.first().is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()))
                     };
                     if is("WATCH") {
@@ -376,10 +356,7 @@ impl ClusterLink {
                     if unit.iter().any(is_redirect) && !matches!(unit.last(), Some(Value::Nil)) {
                         // A single command asked to go to a slot's importing node: ASKING first.
                         if let [Value::Error(e)] = unit.as_slice() {
-                            if let Some(to) = e
-                                .strip_prefix(b"ASK ")
-                                .and_then(|rest| std::str::from_utf8(rest).ok()?.split(' ').nth(1).map(str::to_string))
-                            {
+                            if let Some(Redirect::Ask(to)) = Redirect::of_text(e, false) {
                                 let asked = [reply::command(&["ASKING"]), cmds[r.start].clone()];
                                 let mut got = self.node(settings, &to).await?.exchange(&asked).await?;
                                 if let Some(v) = got.pop().filter(|v| !is_redirect(v)) {
@@ -424,6 +401,5 @@ impl ClusterLink {
 
 /// A reply that means "not here" or "not now" on a cluster.
 fn is_redirect(v: &Value) -> bool {
-    let Value::Error(e) = v else { return false };
-    ["MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"].iter().any(|p| e.starts_with(p.as_bytes()))
+    matches!(v, Value::Error(e) if Redirect::of_text(e, false).is_some())
 }
