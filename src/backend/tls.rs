@@ -80,9 +80,7 @@ impl TlsClient {
         let config = match (&settings.cert_file, &settings.key_file) {
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert).map_err(|e| ("tls.cert_file".to_string(), e))?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    ("tls.key_file".to_string(), format!("{}: no usable private key: {e}", key.display()))
-                })?;
+                let key = read_key(key).map_err(|e| ("tls.key_file".to_string(), e))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| ("tls.key_file".to_string(), format!("does not match tls.cert_file: {e}")))?
@@ -109,7 +107,7 @@ impl TlsClient {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .collect::<Result<_, _>>()
@@ -118,6 +116,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
     Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
 }
 
 /// Accepts any certificate (but still checks the handshake's signatures).

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 /// How long a client may take to complete the TLS handshake.
@@ -34,18 +32,9 @@ impl PartialEq for ServerTls {
 impl ServerTls {
     /// Loads the certificate chain and key. The error names the field at fault.
     pub fn build(settings: &crate::config::ListenTls) -> Result<ServerTls, (String, String)> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&settings.cert_file)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| ("tls.cert_file".to_string(), format!("{}: {e}", settings.cert_file.display())))?;
-        if chain.is_empty() {
-            return Err((
-                "tls.cert_file".into(),
-                format!("{}: no PEM certificate in it", settings.cert_file.display()),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(&settings.key_file).map_err(|e| {
-            ("tls.key_file".to_string(), format!("{}: no usable private key: {e}", settings.key_file.display()))
-        })?;
+        use crate::backend::tls::{read_certs, read_key};
+        let chain = read_certs(&settings.cert_file).map_err(|e| ("tls.cert_file".to_string(), e))?;
+        let key = read_key(&settings.key_file).map_err(|e| ("tls.key_file".to_string(), e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
