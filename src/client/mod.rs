@@ -515,11 +515,9 @@ impl Session {
         let mut mirror_rx = None;
         let sink = match also {
             // The backend's own secrets (requirepass, masterauth) must not reach clients.
-            Also::Nothing if req.arg_is(0, "config") && req.argc() > 1 && req.arg_is(1, "get") => {
-                Sink::Callback(Box::new(move |reply| {
-                    let _ = client_tx.send(reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
-                }))
-            }
+            Also::Nothing if cmd == config_get_id() => Sink::Callback(Box::new(move |reply| {
+                let _ = client_tx.send(reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
+            })),
             Also::Nothing => Sink::Reply(client_tx),
             Also::Mirror { sync } => {
                 let done = if sync {
@@ -1129,6 +1127,12 @@ fn redact_config(frame: &Bytes) -> Option<Bytes> {
         reply::put_bulk(&mut out, v);
     }
     Some(out.freeze())
+}
+
+/// The command id of `CONFIG GET`, whose replies are redacted.
+fn config_get_id() -> u16 {
+    static ID: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| crate::proto::commands::builtin_id("config|get").expect("CONFIG GET is built in"))
 }
 
 #[cfg(test)]

@@ -217,6 +217,11 @@ pub struct CommandInfo {
 /// The metrics id shared by commands that are not built in.
 pub const OTHER_ID: u16 = u16::MAX;
 
+/// The [`CommandInfo::id`] of a built-in command (`"config|get"` for a subcommand).
+pub fn builtin_id(name: &str) -> Option<u16> {
+    BUILTIN.iter().position(|row| row.0 == name).map(|i| i as u16)
+}
+
 /// Names of the built-in commands, indexed by [`CommandInfo::id`].
 pub fn builtin_names() -> impl ExactSizeIterator<Item = &'static str> {
     BUILTIN.iter().map(|row| row.0)
