@@ -482,8 +482,52 @@ fn a_mirrored_write_from_another_database_does_not_land_in_db0_of_a_cluster() {
         owner.addr()
     );
     assert!(!cluster.all_keys().iter().any(|k| k == "dbthree:key"), "dbthree:key on no cluster node");
-    assert!(s1.balanced(), "{s1}");
+    assert!(s1.outcomes_within_enqueued(), "{s1}");
     assert_eq!(s1.applied, s0.applied, "the db 3 write must not count as applied: before {s0}, after {s1}");
     assert_eq!(s1.error, s0.error + 1, "the db 3 write counts as one error: before {s0}, after {s1}");
     eprintln!("mirror from another database: {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. -ASK during a slot migration
+// ---------------------------------------------------------------------------------------------
+
+/// A slot half-way through a migration (MIGRATING on its owner, IMPORTING on the new node,
+/// one key already moved with MIGRATE): the owner answers `-ASK` for the moved key and for a
+/// key it does not have. Through tandem both read and write must still work, which only
+/// `ASKING` on the importing node achieves (a plain retry there gets `-MOVED` back).
+#[test]
+fn commands_on_a_migrating_slot_follow_ask() {
+    let cluster = RedisCluster::start(3, 0);
+    let proxy = Tandem::start_config(&yaml_source_only(&cluster.seed_url()), &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    c.set_timeout(Duration::from_secs(10));
+    wait_proxy_serves(&mut c);
+
+    let (moved, fresh) = ("{ask}moved", "{ask}fresh");
+    let slot = key_slot(moved.as_bytes());
+    assert_eq!(request(&mut c, &["SET", moved, "v1"]), b"+OK\r\n");
+    wait_map_current(&proxy, &mut c, moved);
+    let from = cluster.index_of_port(cluster.slot_owners()[slot as usize]).expect("owner of the slot");
+    let to = (from + 1) % cluster.primaries().len();
+    let (from_port, to_port) = (cluster.primaries()[from].port(), cluster.primaries()[to].port());
+    let s = slot.to_string();
+    let ok = |r: Result<String, String>, what: &str| assert_eq!(r.as_deref(), Ok("OK"), "{what}");
+    ok(text_request(to_port, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &cluster.node_id(from)]), "IMPORTING");
+    ok(text_request(from_port, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &cluster.node_id(to)]), "MIGRATING");
+    let to_port_s = to_port.to_string();
+    ok(text_request(from_port, &["MIGRATE", "127.0.0.1", &to_port_s, moved, "0", "5000"]), "MIGRATE");
+    // Directly, the owner now redirects with ASK for both keys.
+    let direct = support::cluster::raw_request(from_port, &["GET", moved]).expect("GET on the owner");
+    assert!(direct.starts_with(b"-ASK "), "the owner should answer -ASK: {:?}", text(&direct));
+
+    let before = cluster_redirects(&proxy);
+    assert_eq!(text(&request(&mut c, &["GET", moved])), text(b"$2\r\nv1\r\n"), "GET of the moved key");
+    assert_eq!(request(&mut c, &["SET", fresh, "v2"]), b"+OK\r\n", "SET of a new key in the migrating slot");
+    assert!(cluster_redirects(&proxy) >= before + 2, "both commands were redirected");
+    // The new key was written on the importing node (read there with ASKING).
+    let mut on_to = RawConn::connect(format!("127.0.0.1:{to_port}"));
+    on_to.send(&[encode_cmd(&["ASKING"]), encode_cmd(&["GET", fresh])].concat());
+    assert_eq!(reply(&mut on_to), b"+OK\r\n");
+    assert_eq!(text(&reply(&mut on_to)), text(b"$2\r\nv2\r\n"), "the new key is on the importing node");
 }
