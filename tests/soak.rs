@@ -116,10 +116,10 @@ impl Soak {
         let settled = load::poll_until(within, || {
             let status = http::status(admin);
             last = [MirrorStats::of(&status, Side::Source), MirrorStats::of(&status, Side::Target)];
-            last.iter().any(|s| !s.balanced()) || last.iter().all(|s| s.in_flight == 0)
+            last.iter().any(|s| !s.outcomes_within_enqueued()) || last.iter().all(|s| s.in_flight == 0)
         });
         for (side, s) in [Side::Source, Side::Target].iter().zip(&last) {
-            if !s.balanced() {
+            if !s.outcomes_within_enqueued() {
                 self.problem(format!("mirror accounting towards the {} does not balance: {s}", side.name()));
                 return None;
             }
