@@ -107,7 +107,8 @@ pub struct FlipReport {
     pub to_percent: f64,
     pub moved_slots: usize,
     pub waited_ms: u64,
-    /// True when every write acknowledged before the change reached the side gaining slots.
+    /// True when every write acknowledged before the change reached the side gaining slots;
+    /// a change is only made then, so this equals `applied` (kept for API clients).
     pub drained: bool,
     /// False when the change was not made: the backlog towards the side gaining slots did not
     /// drain within `cutover.flip_timeout`, or some of it could not be applied (dropped,
@@ -231,7 +232,6 @@ impl Proxy {
         let next_plan = CutoverPlan::new(percent);
         let moving = current.plan.moving(&next_plan);
         let from = current.plan.percent();
-        let mut drained = true;
         let mut reason = None;
         // The side that starts serving the moving slots must have every acknowledged write.
         let gaining = if percent > from { Side::Target } else { Side::Source };
@@ -275,10 +275,7 @@ impl Proxy {
                 Ok(r) => r,
                 Err(_) => Err(format!("the flip did not complete within cutover.flip_timeout ({limit:?})")),
             };
-            if let Err(why) = outcome {
-                drained = false;
-                reason = Some(why);
-            }
+            reason = outcome.err();
         }
         let mut next = Routing::clone(&self.routing.load_full());
         if reason.is_none() {
@@ -303,35 +300,25 @@ impl Proxy {
                 to_percent: from,
                 moved_slots: 0,
                 waited_ms: waited.as_millis() as u64,
-                drained,
+                drained: false,
                 applied: false,
                 reason,
             };
         }
         self.metrics.cutover_percent.set(percent.clamp(0.0, 100.0));
-        if drained {
-            tracing::info!(
-                from,
-                to = percent,
-                moved_slots = moving.len(),
-                waited_ms = waited.as_millis() as u64,
-                "cutover changed"
-            );
-        } else {
-            tracing::warn!(
-                from,
-                to = percent,
-                moved_slots = moving.len(),
-                waited_ms = waited.as_millis() as u64,
-                "cutover changed before the mirror backlog drained (flip_timeout)"
-            );
-        }
+        tracing::info!(
+            from,
+            to = percent,
+            moved_slots = moving.len(),
+            waited_ms = waited.as_millis() as u64,
+            "cutover changed"
+        );
         FlipReport {
             from_percent: from,
             to_percent: percent.clamp(0.0, 100.0),
             moved_slots: moving.len(),
             waited_ms: waited.as_millis() as u64,
-            drained,
+            drained: true,
             applied: true,
             reason: None,
         }
