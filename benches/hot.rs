@@ -152,13 +152,7 @@ fn slot_routing(c: &mut Criterion) {
     let slot = route::slot(b"user:1000:profile");
     g.bench_function("plan.side", |b| b.iter(|| plan.side(black_box(slot))));
 
-    let routing = |percent| Routing {
-        plan: CutoverPlan::new(percent),
-        mirror: MirrorMode::Async,
-        moving: None,
-        has_target: true,
-        generation: 1,
-    };
+    let routing = |percent| Routing::new(percent, MirrorMode::Async, true);
     let key: &[u8] = b"user:1000:profile";
     for (name, routing) in [("split_50", routing(50.0)), ("uniform_0", routing(0.0))] {
         g.bench_with_input(BenchmarkId::new("side_of", name), &routing, |b, routing| {

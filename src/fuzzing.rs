@@ -16,7 +16,7 @@ use crate::mirror::effect::{self, ScriptCache};
 use crate::proto::commands::CommandTable;
 use crate::proto::request::{self, Limits};
 use crate::proto::{reply, value};
-use crate::route::{self, CutoverPlan, MirrorMode, Routing};
+use crate::route::{self, MirrorMode, Routing};
 
 /// Small limits, so hostile sizes are exercised without large allocations.
 const LIMITS: Limits = Limits { max_bulk_len: 1 << 16, max_array_len: 1 << 10 };
@@ -31,13 +31,7 @@ struct Fixtures {
 fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let routing = |percent| Routing {
-            plan: CutoverPlan::new(percent),
-            mirror: MirrorMode::Async,
-            moving: None,
-            has_target: true,
-            generation: 1,
-        };
+        let routing = |percent| Routing::new(percent, MirrorMode::Async, true);
         Fixtures {
             table: CommandTable::builtin(),
             routings: [routing(0.0), routing(37.5), routing(100.0)],

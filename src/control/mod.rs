@@ -112,13 +112,7 @@ impl Control {
         };
         // The file's values, then the persisted API values the file has not changed since.
         let (percent, mode, compare, what) = persisted.effective(&config);
-        let routing = crate::route::Routing {
-            plan: crate::route::CutoverPlan::new(percent),
-            mirror: mode,
-            moving: None,
-            has_target: target.is_some(),
-            generation: 0,
-        };
+        let routing = crate::route::Routing::new(percent, mode, target.is_some());
         let compare_log = match &config.compare.log {
             Some(path) => Some(
                 crate::mirror::journal::Journal::open(path.clone(), config.compare.log_max_bytes)

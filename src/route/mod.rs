@@ -64,6 +64,11 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// A routing with `percent` of the slots on the target and no flip under way.
+    pub fn new(percent: f64, mirror: MirrorMode, has_target: bool) -> Routing {
+        Routing { plan: CutoverPlan::new(percent), mirror, moving: None, has_target, generation: 0 }
+    }
+
     /// The side serving `key`.
     pub fn side_of(&self, key: &[u8]) -> Side {
         match self.plan.uniform() {
