@@ -31,7 +31,7 @@ pub struct RedisServer {
 }
 
 /// Path of the `redis-server` binary (`REDIS_SERVER_BIN` overrides `PATH`).
-fn redis_server_bin() -> String {
+pub(super) fn redis_server_bin() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string())
 }
 
@@ -101,51 +101,11 @@ impl RedisServer {
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_binary(&bin, &e),
-            Err(e) => panic!("cannot spawn {bin}: {e}"),
-        };
+        let addr = self.addr();
+        let child = spawn_until_ready(cmd, &self.log_path, &addr, || self.reported_pid(&addr))?;
         self.pid = child.id();
         self.child = Some(child);
-
-        let addr = self.addr();
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if let Some(line) = probe_ping(&addr, Duration::from_millis(500)) {
-                if line.starts_with("+PONG") || line.starts_with("-NOAUTH") {
-                    // Make sure it is *our* process answering and not some
-                    // other server that grabbed the port first (our child
-                    // would then be exiting with "Address already in use").
-                    match self.reported_pid(&addr) {
-                        Some(pid) if pid != self.pid => {
-                            self.stop();
-                            return Err(format!(
-                                "Address already in use: port {} is served by PID {pid}, not ours",
-                                self.port
-                            ));
-                        }
-                        _ => return Ok(()),
-                    }
-                }
-            }
-            let child = self.child.as_mut().expect("child present");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(format!("redis-server exited early with {status}\n{}", read_lossy(&self.log_path)));
-            }
-            if start.elapsed() >= STARTUP_TIMEOUT {
-                self.stop();
-                return Err(format!(
-                    "timed out after {:?} waiting for PING\n{}",
-                    start.elapsed(),
-                    read_lossy(&self.log_path)
-                ));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+        Ok(())
     }
 
     /// Asks the server on `addr` for its `process_id` (INFO server), logging in
@@ -279,5 +239,46 @@ impl std::fmt::Debug for RedisServer {
             .field("running", &self.child.is_some())
             .field("dir", &self.dir.path())
             .finish()
+    }
+}
+
+/// Spawns a redis-server (`cmd`, logging to `log_path`) and polls `addr` until it answers
+/// PING. `reported_pid` asks the answering server for its PID, so a server of someone else's
+/// that grabbed the port first is not taken for ours (our child then fails with "Address
+/// already in use"). On failure the child is killed and the log is in the error.
+pub(super) fn spawn_until_ready(
+    mut cmd: Command,
+    log_path: &Path,
+    addr: &str,
+    reported_pid: impl Fn() -> Option<u32>,
+) -> Result<Child, String> {
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_binary(&redis_server_bin(), &e),
+        Err(e) => panic!("cannot spawn {:?}: {e}", cmd.get_program()),
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(line) = probe_ping(addr, Duration::from_millis(500)) {
+            if line.starts_with("+PONG") || line.starts_with("-NOAUTH") {
+                return match reported_pid() {
+                    Some(pid) if pid != child.id() => {
+                        kill_and_reap(&mut child);
+                        Err(format!("Address already in use: {addr} is served by PID {pid}, not ours"))
+                    }
+                    _ => Ok(child),
+                };
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server exited early with {status}\n{}", read_lossy(log_path)));
+        }
+        if start.elapsed() >= STARTUP_TIMEOUT {
+            kill_and_reap(&mut child);
+            return Err(format!("timed out after {:?} waiting for PING\n{}", start.elapsed(), read_lossy(log_path)));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

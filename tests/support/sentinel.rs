@@ -13,18 +13,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cluster::{info_field, raw_request, text_request};
-use super::process::{kill_and_reap, log_stdio, missing_binary};
-use super::{free_port, probe_ping, read_lossy, RedisServer, STARTUP_TIMEOUT};
+use super::process::{kill_and_reap, log_stdio};
+use super::redis_server::{redis_server_bin, spawn_until_ready};
+use super::{free_port, read_lossy, RedisServer, STARTUP_TIMEOUT};
 
 /// The master name the sentinels monitor.
 pub const MASTER_NAME: &str = "mymaster";
 
 /// How long the sentinels get to discover the replica and each other.
 pub const SENTINEL_READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn redis_server_bin() -> String {
-    std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string())
-}
 
 /// One `redis-server <conf> --sentinel` process on `127.0.0.1` and a free port, killed by
 /// PID on drop.
@@ -104,43 +101,18 @@ impl Sentinel {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_binary(&bin, &e),
-            Err(e) => panic!("cannot spawn {bin} --sentinel: {e}"),
+        let addr = self.addr();
+        let port = self.port;
+        let reported_pid = || {
+            text_request(port, &["INFO", "server"])
+                .ok()
+                .and_then(|t| info_field(&t, "process_id"))
+                .and_then(|p| p.parse::<u32>().ok())
         };
+        let child = spawn_until_ready(cmd, &self.log_path, &addr, reported_pid)?;
         self.pid = child.id();
         self.child = Some(child);
-        let addr = self.addr();
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if probe_ping(&addr, Duration::from_millis(500)).is_some_and(|l| l.starts_with("+PONG")) {
-                // Ours, not another process that grabbed the port first?
-                let pid = text_request(self.port, &["INFO", "server"])
-                    .ok()
-                    .and_then(|t| info_field(&t, "process_id"))
-                    .and_then(|p| p.parse::<u32>().ok());
-                match pid {
-                    Some(pid) if pid != self.pid => {
-                        self.stop();
-                        return Err(format!("Address already in use: port {} is served by PID {pid}", self.port));
-                    }
-                    _ => return Ok(()),
-                }
-            }
-            let child = self.child.as_mut().expect("child present");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(format!("sentinel exited early with {status}\n{}", read_lossy(&self.log_path)));
-            }
-            if start.elapsed() >= STARTUP_TIMEOUT {
-                self.stop();
-                return Err(format!("timed out waiting for PING\n{}", read_lossy(&self.log_path)));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
