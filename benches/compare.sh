@@ -489,21 +489,7 @@ run_one() { # target_index test pipeline round
   fi
 }
 
-read -r -a PIPE_LIST <<<"$PIPELINES"
-total=$((ROUNDS * ${#TEST_LIST[@]} * ${#PIPE_LIST[@]} * NT))
-log "plan: $ROUNDS rounds x ${#TEST_LIST[@]} tests x ${#PIPE_LIST[@]} depths x $NT targets = $total runs (targets: ${T_NAMES[*]})"
-START=$(date +%s)
-for ((r = 1; r <= ROUNDS; r++)); do
-  for p in "${PIPE_LIST[@]}"; do
-    for test in "${TEST_LIST[@]}"; do
-      for ((k = 0; k < NT; k++)); do
-        run_one $(((k + r - 1) % NT)) "$test" "$p" "$r"
-      done
-    done
-  done
-done
-ELAPSED=$(($(date +%s) - START))
-LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+run_rounds
 
 [[ $RSS == 1 ]] && measure_rss
 

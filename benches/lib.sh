@@ -98,3 +98,26 @@ bounded() { # seconds cmd...
   forget_pid "$pid"
 }
 
+# Every round runs every pipeline depth and test against every target, the targets'
+# order rotating by one each round, through the script's `run_one TARGET_INDEX TEST
+# PIPELINE ROUND`. Reads ROUNDS, PIPELINES, TEST_LIST, NT, T_NAMES; sets PIPE_LIST,
+# ELAPSED (seconds) and LOAD1 (load averages at the end).
+run_rounds() {
+  local r p test k total
+  read -r -a PIPE_LIST <<<"$PIPELINES"
+  total=$((ROUNDS * ${#TEST_LIST[@]} * ${#PIPE_LIST[@]} * NT))
+  log "plan: $ROUNDS rounds x ${#TEST_LIST[@]} tests x ${#PIPE_LIST[@]} depths x $NT targets = $total runs (targets: ${T_NAMES[*]})"
+  local start
+  start=$(date +%s)
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for p in "${PIPE_LIST[@]}"; do
+      for test in "${TEST_LIST[@]}"; do
+        for ((k = 0; k < NT; k++)); do
+          run_one $(((k + r - 1) % NT)) "$test" "$p" "$r"
+        done
+      done
+    done
+  done
+  ELAPSED=$(($(date +%s) - start))
+  LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+}
