@@ -628,6 +628,16 @@ fn single_server_to_cluster_migration_end_to_end() {
     let v = verify_no_differences(dir.path(), &source.url(), &cluster.seed_url());
     assert!(n(&v, "source_keys") >= 20_000, "{v}");
 
+    // The cluster reshards while it is the mirror target under live writes: mirrored writes
+    // to the moving slots are redirected (MOVED/ASK), none is lost or misplaced.
+    let reshard = cluster.reshard_in_background(0, 1, 1_000, Duration::from_secs(60));
+    load.wait_for_ops(300, Duration::from_secs(15));
+    let out = reshard.join().expect("reshard thread");
+    support::cluster::check_reshard(&out, &cluster);
+    cluster.wait_stable(Duration::from_secs(15));
+    load.wait_for_ops(200, Duration::from_secs(15));
+    verify_no_differences(dir.path(), &source.url(), &cluster.seed_url());
+
     for percent in [50, 100] {
         let (code, body) = http::post(proxy.admin_port(), "/cutover", &format!(r#"{{"percent": {percent}}}"#));
         assert_eq!(code, 200, "cutover to {percent}: {body}");
