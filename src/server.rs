@@ -129,6 +129,9 @@ impl Proxy {
         compare: (crate::compare::CompareSettings, Option<crate::mirror::journal::Journal>),
     ) -> Arc<Proxy> {
         let commands = Arc::new(ArcSwap::from_pointee(CommandTable::builtin()));
+        for b in std::iter::once(&source).chain(target.iter()) {
+            b.use_commands(&commands);
+        }
         let metrics = Arc::new(Metrics::new());
         let comparer =
             Arc::new(crate::compare::Comparer::new(compare.0, compare.1, journal.clone(), metrics.registry()));
@@ -193,6 +196,7 @@ impl Proxy {
         let old = self.backends.load_full();
         let mirrors = Arc::new(Mirrors::rebuild(&old.mirrors, &source, target.as_ref(), queue_len));
         for b in std::iter::once(&source).chain(target.iter()) {
+            b.use_commands(&self.commands);
             b.warm_up();
         }
         let has_target = target.is_some();

@@ -75,6 +75,10 @@ pub struct Cluster {
     generation: AtomicU64,
     started: AtomicBool,
     redirects: AtomicU64,
+    /// The proxy's command table (with what the backends' `COMMAND` replies added, e.g.
+    /// module commands), so keys are found the way the proxy finds them; the built-in table
+    /// until it is given one (the migration tools never do).
+    commands: OnceLock<Arc<ArcSwap<CommandTable>>>,
     /// Every connection set made for this cluster, so nodes that stop being primaries can
     /// be let go.
     lanes: Mutex<Vec<std::sync::Weak<Lanes>>>,
@@ -95,6 +99,7 @@ impl Cluster {
             started: AtomicBool::new(false),
             redirects: AtomicU64::new(0),
             lanes: Mutex::new(Vec::new()),
+            commands: OnceLock::new(),
         })
     }
 
@@ -110,6 +115,19 @@ impl Cluster {
     /// The primaries' addresses, in SCAN order.
     pub fn primaries(&self) -> Vec<String> {
         self.primaries_of(&self.map.load())
+    }
+
+    /// Routes by `table` from now on (the proxy's live command table).
+    pub fn use_commands(&self, table: &Arc<ArcSwap<CommandTable>>) {
+        let _ = self.commands.set(table.clone());
+    }
+
+    /// The command table to find keys with: the proxy's, else the built-in one.
+    fn table(&self) -> TableRef {
+        match self.commands.get() {
+            Some(t) => TableRef::Live(t.load()),
+            None => TableRef::Builtin(builtin()),
+        }
     }
 
     /// Starts the task that keeps the slot map current (once).
@@ -284,7 +302,8 @@ impl Cluster {
             Some(n) => Route::One(n),
             None => Route::Reply(BackendError::unavailable(&self.settings.name, "no cluster primary known").to_resp()),
         };
-        let table = builtin();
+        let table = self.table();
+        let table = table.get();
         let Some((argv, _)) = parse_command(payload) else { return any() };
         if argv.len() == 2 && argv[0].eq_ignore_ascii_case(b"select") && argv[1] != b"0" {
             // A mirrored write from another database (`SELECT n; cmd; SELECT 0`) must not
@@ -404,6 +423,21 @@ pub(crate) fn split_scan_cursor(cursor: u64) -> (usize, u64) {
 /// A primary for keyless work, spread over the lanes.
 fn pick(primaries: &[u32], lane: usize) -> Option<u32> {
     (!primaries.is_empty()).then(|| primaries[lane % primaries.len()])
+}
+
+/// A command table to read: the proxy's current one, or the built-in one.
+enum TableRef {
+    Live(arc_swap::Guard<Arc<CommandTable>>),
+    Builtin(&'static CommandTable),
+}
+
+impl TableRef {
+    fn get(&self) -> &CommandTable {
+        match self {
+            TableRef::Live(t) => t,
+            TableRef::Builtin(t) => t,
+        }
+    }
 }
 
 /// The built-in command table, built once (key positions for routing).
@@ -1133,7 +1167,7 @@ impl ClusterDedicated {
             self.watching.store(NONE, Ordering::Release);
             watched
         } else {
-            match (self.home.load(Ordering::Acquire), is_keyless(&job.payload)) {
+            match (self.home.load(Ordering::Acquire), is_keyless(self.cluster.table().get(), &job.payload)) {
                 (home, true) if home != NONE => home,
                 _ => node,
             }
@@ -1187,11 +1221,11 @@ pub(crate) fn command_args(payload: &[u8]) -> SmallVec<[&[u8]; 8]> {
 }
 
 /// Whether the (first) command in `payload` names no key.
-fn is_keyless(payload: &[u8]) -> bool {
+fn is_keyless(table: &CommandTable, payload: &[u8]) -> bool {
     let mut rest = payload;
     while let Some((argv, used)) = parse_command(rest) {
         rest = &rest[used..];
-        if builtin().lookup(&argv).is_some_and(|i| !i.key_indices(&argv).is_empty()) {
+        if table.lookup(&argv).is_some_and(|i| !i.key_indices(&argv).is_empty()) {
             return false;
         }
     }

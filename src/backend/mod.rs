@@ -299,6 +299,14 @@ impl Backend {
         let _ = self.shared(Protocol::Resp2, 0);
     }
 
+    /// Finds keys with the proxy's live command table (matters for a cluster, which routes
+    /// by key; module commands learned from `COMMAND` would otherwise look keyless).
+    pub fn use_commands(&self, table: &Arc<arc_swap::ArcSwap<crate::proto::commands::CommandTable>>) {
+        if let Some(c) = &self.cluster {
+            c.use_commands(table);
+        }
+    }
+
     /// The cluster behind this backend, if it is one.
     pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
         self.cluster.as_ref()
