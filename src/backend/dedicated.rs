@@ -89,20 +89,14 @@ pub(super) async fn open_node(
     hs: &Handshake,
     pushes: Option<mpsc::UnboundedSender<Bytes>>,
 ) -> Result<mpsc::Sender<Job>, BackendError> {
+    let master = settings.sentinels().map(|s| s.watch());
     let (stream, _) = connect(&settings, hs).await?;
     let (tx, mut rx) = mpsc::channel::<Job>(1024);
     tokio::spawn(async move {
         // No silence limit: a BLPOP may rightly wait for as long as the client asked.
-        if let End::Failed(err) = pipeline::run(
-            stream,
-            &mut rx,
-            None,
-            &settings.name,
-            pushes.as_ref(),
-            settings.command_timeout,
-            settings.sentinels(),
-        )
-        .await
+        if let End::Failed(err) =
+            pipeline::run(stream, &mut rx, None, &settings.name, pushes.as_ref(), settings.command_timeout, master)
+                .await
         {
             tracing::debug!(backend = %settings.name, error = %err, "dedicated connection ended");
             rx.close();

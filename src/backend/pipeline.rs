@@ -83,9 +83,12 @@ pub(super) async fn run(
     backend: &std::sync::Arc<str>,
     pushes: Option<&mpsc::UnboundedSender<bytes::Bytes>>,
     drain_limit: Duration,
-    sentinels: Option<&std::sync::Arc<super::sentinel::Sentinels>>,
+    master: Option<super::sentinel::Watch>,
 ) -> End {
-    let mut epoch = sentinels.map(|s| s.epoch());
+    let (sentinels, mut epoch) = match master {
+        Some(w) => (Some(w.sentinels), Some(w.epoch)),
+        None => (None, None),
+    };
     let switched = async {
         match &mut epoch {
             Some(rx) => {
@@ -162,7 +165,7 @@ pub(super) async fn run(
                     Err(e) => return Err(BackendError::unavailable(backend, e)),
                 };
                 let frame = buf.split_to(len).freeze();
-                if let Some(s) = sentinels {
+                if let Some(s) = &sentinels {
                     if frame.starts_with(b"-READONLY") {
                         // The master was demoted: find the new one.
                         s.suspect();

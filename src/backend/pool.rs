@@ -147,6 +147,7 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
     let mut backoff = settings.backoff_min;
     loop {
         let mut was_up = false;
+        let master = settings.sentinels().map(|s| s.watch());
         let err = match connect(&settings, &hs).await {
             Ok((stream, _)) => {
                 if !health.is_up() {
@@ -162,7 +163,7 @@ async fn supervise(settings: Arc<BackendSettings>, proto: Protocol, mut rx: mpsc
                     &settings.name,
                     None,
                     settings.command_timeout,
-                    settings.sentinels(),
+                    master,
                 )
                 .await
                 {

@@ -20,6 +20,13 @@ use tokio::sync::{watch, Notify};
 use crate::proto::reply;
 use crate::proto::value::{self, Value};
 
+/// A connection's view of its master: the sentinels to tell when it looks demoted, and the
+/// epoch that moves on when the master switches.
+pub struct Watch {
+    pub sentinels: Arc<Sentinels>,
+    pub epoch: watch::Receiver<u64>,
+}
+
 /// How often the watcher asks again even when nothing was announced.
 const POLL: Duration = Duration::from_secs(2);
 
@@ -68,7 +75,7 @@ impl Sentinels {
 
     /// The master's `host:port`: the last answer, or a fresh one from the sentinels.
     pub async fn master(self: &Arc<Self>) -> Result<String, String> {
-        self.watch();
+        self.start_watcher();
         if let Some(addr) = self.current() {
             return Ok(addr);
         }
@@ -80,6 +87,12 @@ impl Sentinels {
     /// Changes whenever the master does; connections to the old one end on it.
     pub fn epoch(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
+    }
+
+    /// What a connection to the master watches. Taken *before* connecting, so a switch that
+    /// happens while the connection is being made ends it as soon as it runs.
+    pub fn watch(self: &Arc<Self>) -> Watch {
+        Watch { sentinels: self.clone(), epoch: self.epoch() }
     }
 
     /// A connection saw a sign that the master moved: ask the sentinels now.
@@ -120,7 +133,7 @@ impl Sentinels {
     }
 
     /// Starts the watcher once.
-    fn watch(self: &Arc<Self>) {
+    fn start_watcher(self: &Arc<Self>) {
         if self.watching.swap(true, Ordering::AcqRel) {
             return;
         }
