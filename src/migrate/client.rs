@@ -84,7 +84,7 @@ impl Conn {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let timeout = self.settings.command_timeout.max(std::time::Duration::from_secs(5)) * 4;
+        let timeout = self.timeout();
         let name = self.name.clone();
         let io = async {
             match &mut self.link {
@@ -95,6 +95,22 @@ impl Conn {
         match tokio::time::timeout(timeout, io).await {
             Ok(r) => r.map_err(|e| anyhow::anyhow!("{name}: {e}")),
             Err(_) => anyhow::bail!("{name}: no reply within {timeout:?}"),
+        }
+    }
+
+    /// How long one batch may take.
+    fn timeout(&self) -> std::time::Duration {
+        self.settings.command_timeout.max(std::time::Duration::from_secs(5)) * 4
+    }
+
+    /// One command on one cluster node, within the same time limit as [`Conn::call_many`].
+    async fn on_node(&mut self, addr: &str, cmd: Bytes) -> anyhow::Result<Value> {
+        let timeout = self.timeout();
+        let Link::Cluster(c) = &mut self.link else { anyhow::bail!("{}: not a cluster", self.name) };
+        let io = async { c.node(&self.settings, addr).await?.exchange(&[cmd]).await };
+        match tokio::time::timeout(timeout, io).await {
+            Ok(r) => Ok(r.map_err(|e| anyhow::anyhow!("{}: {e}", self.name))?.pop().unwrap_or(Value::Nil)),
+            Err(_) => anyhow::bail!("{}: {addr}: no reply within {timeout:?}", self.name),
         }
     }
 
@@ -139,12 +155,9 @@ impl Conn {
         }
         args.push(b"COUNT");
         args.push(count_s.as_bytes());
-        let reply = match (&mut self.link, node) {
-            (Link::Cluster(c), Some(addr)) => {
-                let mut r = c.node(&self.settings, addr).await?.exchange(&[reply::command(&args)]).await?;
-                r.pop().unwrap_or(Value::Nil)
-            }
-            _ => self.call(&args).await?,
+        let reply = match node {
+            Some(addr) => self.on_node(addr, reply::command(&args)).await?,
+            None => self.call(&args).await?,
         };
         match reply {
             Value::Error(e) => anyhow::bail!("{}: {}", self.name, String::from_utf8_lossy(&e)),
@@ -177,8 +190,7 @@ impl Conn {
         };
         let mut total = 0;
         for addr in c.primaries.clone() {
-            let r = c.node(&self.settings, &addr).await?.exchange(&[reply::command(&["DBSIZE"])]).await?;
-            total += r.first().and_then(Value::as_int).unwrap_or(0).max(0) as u64;
+            total += self.on_node(&addr, reply::command(&["DBSIZE"])).await?.as_int().unwrap_or(0).max(0) as u64;
         }
         Ok(total)
     }
