@@ -531,7 +531,7 @@ impl Session {
                 let db = self.db;
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
-                        mirrors.enqueue_effect(side.other(), &req, frame, db, done);
+                        mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
                     }
                     let _ = client_tx.send(reply);
                 }))
@@ -588,6 +588,7 @@ impl Session {
     ) -> Result<Flow, Gone> {
         proxy.metrics.split.inc();
         let write = info.is_some_and(|i| i.flags.contains(Flags::WRITE));
+        let cmd = info.map_or(OTHER_ID, |i| i.id);
         // MSET carries a value after each key.
         let with_value = kind == MergeKind::AllOk;
         let mut per_side: [(Vec<Bytes>, Vec<usize>); 2] = Default::default();
@@ -628,7 +629,7 @@ impl Session {
                 });
                 Sink::Callback(Box::new(move |reply| {
                     if let Ok(frame) = &reply {
-                        mirrors.enqueue_effect(side.other(), &sub, frame, db, done);
+                        mirrors.enqueue_effect(side.other(), cmd, &sub, frame, db, done);
                     }
                     let _ = tx.send(reply);
                 }))

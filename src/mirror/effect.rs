@@ -479,8 +479,9 @@ fn expiry_options(argv: &[&[u8]], start: usize, now: i64, grammar: &ExpiryGramma
     if argv.len() < start {
         return Effect::Same;
     }
-    let mut cmd = copy_all(argv);
-    let mut changed = false;
+    // Where each relative expiry is and its absolute time; the command is copied only if
+    // there is one (a plain `SET k v`, the common case, is forwarded as sent).
+    let mut rewrites: smallvec::SmallVec<[(usize, Bytes); 2]> = smallvec::SmallVec::new();
     let mut i = start;
     while let Some(&opt) = argv.get(i) {
         let unit_ms = if keyword(opt, "EX") {
@@ -494,9 +495,7 @@ fn expiry_options(argv: &[&[u8]], start: usize, now: i64, grammar: &ExpiryGramma
             let Some(rel) = argv.get(i + 1).and_then(|a| int(a)) else {
                 return Effect::Same;
             };
-            cmd[i] = name("PXAT");
-            cmd[i + 1] = absolute(now, rel, unit_ms);
-            changed = true;
+            rewrites.push((i, absolute(now, rel, unit_ms)));
             i += 2;
         } else if keyword(opt, "EXAT") || keyword(opt, "PXAT") {
             i += 2;
@@ -520,8 +519,13 @@ fn expiry_options(argv: &[&[u8]], start: usize, now: i64, grammar: &ExpiryGramma
             return Effect::Same;
         }
     }
-    if i != argv.len() || !changed {
+    if i != argv.len() || rewrites.is_empty() {
         return Effect::Same;
+    }
+    let mut cmd = copy_all(argv);
+    for (at, when) in rewrites {
+        cmd[at] = name("PXAT");
+        cmd[at + 1] = when;
     }
     one(cmd)
 }

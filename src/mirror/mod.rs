@@ -32,6 +32,7 @@ use crate::proto::request::Request;
 use crate::route::Side;
 use effect::{Effect, ScriptCache};
 use journal::Journal;
+use smallvec::{smallvec, SmallVec};
 
 /// Counters of one mirror queue. `in_flight` is derived, so the identity always holds.
 #[derive(Default, Debug)]
@@ -86,25 +87,34 @@ pub struct MirrorQueue {
     backend: Arc<Backend>,
     conn: SharedConn,
     pub stats: Arc<MirrorStats>,
+    /// What every op's accounting callback shares (one `Arc` per op instead of one per field).
+    accounts: Arc<Accounts>,
     /// Held while an op takes its sequence number and enters the queue, so sequence order
     /// is queue order (a flip's drain relies on it). Never held across an await.
     order: std::sync::Mutex<()>,
 }
 
-/// What the accounting callback needs to know about one mirrored op.
-struct Ticket {
-    seq: u64,
+/// What the accounting of every op of one queue needs.
+struct Accounts {
     side: Side,
     stats: Arc<MirrorStats>,
     journal: Option<Arc<Journal>>,
     commands: Arc<ArcSwap<CommandTable>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// What the accounting callback needs to know about one mirrored op.
+struct Ticket {
+    seq: u64,
+    accounts: Arc<Accounts>,
+    /// The command's metrics id ([`crate::proto::commands::CommandInfo::id`]).
+    cmd: u16,
     /// The client's requests, kept to name the keys if the op fails.
-    requests: Vec<Request>,
+    requests: SmallVec<[Request; 1]>,
     /// The serving backend's reply, when the mirror's must match it.
     expect: Option<Bytes>,
     done: Option<oneshot::Sender<()>>,
     started: Instant,
-    metrics: Option<Arc<Metrics>>,
 }
 
 impl Ticket {
@@ -119,28 +129,23 @@ impl Ticket {
             },
             Err(e) => (Outcome::Dropped, e.to_string()),
         };
+        let acc = &self.accounts;
         let counter = match outcome {
-            Outcome::Applied => &self.stats.applied,
-            Outcome::Error => &self.stats.error,
-            Outcome::Diverged => &self.stats.diverged,
-            Outcome::Dropped => &self.stats.dropped,
+            Outcome::Applied => &acc.stats.applied,
+            Outcome::Error => &acc.stats.error,
+            Outcome::Diverged => &acc.stats.diverged,
+            Outcome::Dropped => &acc.stats.dropped,
         };
         // Ops that reached the queue leave it in order; one refused at the door never entered.
         if !matches!(reply, Err(BackendError::Overloaded { .. })) {
-            self.stats.done_seq.fetch_max(self.seq, Ordering::AcqRel);
+            acc.stats.done_seq.fetch_max(self.seq, Ordering::AcqRel);
         }
         counter.fetch_add(1, Ordering::AcqRel);
         if outcome != Outcome::Applied {
             self.journal_keys(outcome, &reason);
         }
-        if let Some(metrics) = &self.metrics {
-            let table = self.commands.load();
-            let id = self
-                .requests
-                .first()
-                .and_then(|r| table.lookup(&r.argv()).map(|i| i.id))
-                .unwrap_or(crate::proto::commands::OTHER_ID);
-            metrics.record(id, self.side, Role::Mirror, outcome != Outcome::Applied, self.started.elapsed());
+        if let Some(metrics) = &acc.metrics {
+            metrics.record(self.cmd, acc.side, Role::Mirror, outcome != Outcome::Applied, self.started.elapsed());
         }
         drop(self.done);
     }
@@ -152,16 +157,17 @@ impl Ticket {
             Outcome::Dropped => "dropped",
             Outcome::Applied => return,
         };
-        tracing::debug!(backend = self.side.name(), outcome = what, reason, "mirrored write not applied");
-        let Some(journal) = &self.journal else { return };
-        let table = self.commands.load();
+        let acc = &self.accounts;
+        tracing::debug!(backend = acc.side.name(), outcome = what, reason, "mirrored write not applied");
+        let Some(journal) = &acc.journal else { return };
+        let table = acc.commands.load();
         let reason = format!("{what}: {reason}");
         for req in &self.requests {
             let argv = req.argv();
             let name = String::from_utf8_lossy(req.arg(0)).to_ascii_lowercase();
             if let Some(info) = table.lookup(&argv) {
                 for i in info.key_indices(&argv) {
-                    journal.record(self.side.name(), argv[i], &name, &reason);
+                    journal.record(acc.side.name(), argv[i], &name, &reason);
                 }
             }
         }
@@ -206,7 +212,21 @@ impl Mirrors {
     /// Records each mirrored write's outcome and latency in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Mirrors {
         self.metrics = Some(metrics);
+        self.share_accounts();
         self
+    }
+
+    /// Gives each queue the accounting its ops share, from the current fields.
+    fn share_accounts(&mut self) {
+        for q in self.queues.iter_mut().flatten() {
+            q.accounts = Arc::new(Accounts {
+                side: q.side,
+                stats: q.stats.clone(),
+                journal: self.journal.clone(),
+                commands: self.commands.clone(),
+                metrics: self.metrics.clone(),
+            });
+        }
     }
 
     /// Builds a queue towards each backend when a target exists; none otherwise.
@@ -219,8 +239,8 @@ impl Mirrors {
     ) -> Mirrors {
         let queues = match target {
             Some(target) => [
-                Some(MirrorQueue::new(Side::Source, source.clone(), queue_len)),
-                Some(MirrorQueue::new(Side::Target, target.clone(), queue_len)),
+                Some(MirrorQueue::new(Side::Source, source.clone(), queue_len, journal.clone(), commands.clone())),
+                Some(MirrorQueue::new(Side::Target, target.clone(), queue_len, journal.clone(), commands.clone())),
             ],
             None => [None, None],
         };
@@ -238,6 +258,7 @@ impl Mirrors {
         }
         next.scripts = old.scripts.clone();
         next.metrics = old.metrics.clone();
+        next.share_accounts();
         next
     }
 
@@ -247,13 +268,22 @@ impl Mirrors {
     }
 
     /// Enqueues the effect of `req`, which the other backend served with `reply`, towards
-    /// `to`. `db` is the client's database. `done` is dropped when the op completes (sync
-    /// mode waits on it).
-    pub fn enqueue_effect(&self, to: Side, req: &Request, reply: &Bytes, db: u32, done: Option<oneshot::Sender<()>>) {
+    /// `to`. `cmd` is the command's [`crate::proto::commands::CommandInfo::id`] (the client
+    /// already looked it up); `db` is the client's database. `done` is dropped when the op
+    /// completes (sync mode waits on it).
+    pub fn enqueue_effect(
+        &self,
+        to: Side,
+        cmd: u16,
+        req: &Request,
+        reply: &Bytes,
+        db: u32,
+        done: Option<oneshot::Sender<()>>,
+    ) {
         let Some(queue) = self.queue(to) else { return };
-        let table = self.commands.load();
+        // Commands learned from a backend (`OTHER_ID`) have no built-in effect: forwarded as is.
+        let name = crate::proto::commands::builtin_name(cmd);
         let argv = req.argv();
-        let name = table.lookup(&argv).map(|i| i.name.as_ref()).unwrap_or("");
         let (payload, count, expect) = match effect::effect(name, &argv, reply, crate::unix_ms(), &self.scripts) {
             Effect::Nothing => return,
             Effect::Same => {
@@ -269,7 +299,7 @@ impl Mirrors {
             }
         };
         drop(argv);
-        self.push(queue, payload, count, db, expect, vec![req.clone()], done);
+        self.push(queue, payload, count, db, expect, cmd, smallvec![req.clone()], done);
     }
 
     /// Enqueues a transaction that succeeded on the serving backend as one MULTI/EXEC block,
@@ -288,7 +318,8 @@ impl Mirrors {
         let mut buf = BytesMut::new();
         buf.put(reply::command(&["MULTI"]));
         let mut count = 0u32;
-        let mut writes = Vec::new();
+        let mut writes = SmallVec::new();
+        let mut first_cmd = None;
         for (req, part) in cmds.iter().zip(parts.iter()) {
             let argv = req.argv();
             let Some(info) = table.lookup(&argv) else { continue };
@@ -308,13 +339,15 @@ impl Mirrors {
                     }
                 }
             }
+            first_cmd.get_or_insert(info.id);
             writes.push(req.clone());
         }
         if count == 0 {
             return;
         }
         buf.put(reply::command(&["EXEC"]));
-        self.push(queue, buf.freeze(), count + 2, db, None, writes, done);
+        let cmd = first_cmd.unwrap_or(crate::proto::commands::OTHER_ID);
+        self.push(queue, buf.freeze(), count + 2, db, None, cmd, writes, done);
     }
 
     /// Wraps the payload for the client's database and queues it.
@@ -326,24 +359,15 @@ impl Mirrors {
         count: u32,
         db: u32,
         expect: Option<Bytes>,
-        requests: Vec<Request>,
+        cmd: u16,
+        requests: SmallVec<[Request; 1]>,
         done: Option<oneshot::Sender<()>>,
     ) {
         let (payload, replies, pick) = wrap_db(payload, count, db, queue.backend.settings().db);
         let order = queue.order.lock().unwrap_or_else(|p| p.into_inner());
         let seq = queue.stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
-        let ticket = Ticket {
-            seq,
-            side: queue.side,
-            stats: queue.stats.clone(),
-            journal: self.journal.clone(),
-            commands: self.commands.clone(),
-            requests,
-            expect,
-            done,
-            started: Instant::now(),
-            metrics: self.metrics.clone(),
-        };
+        let ticket =
+            Ticket { seq, accounts: queue.accounts.clone(), cmd, requests, expect, done, started: Instant::now() };
         let job = Job { payload, replies, pick, sink: Sink::Callback(Box::new(move |r| ticket.finish(r))) };
         let refused = match queue.conn.try_send(job) {
             Ok(()) => {
@@ -399,9 +423,17 @@ impl Mirrors {
 }
 
 impl MirrorQueue {
-    fn new(side: Side, backend: Arc<Backend>, capacity: usize) -> MirrorQueue {
+    fn new(
+        side: Side,
+        backend: Arc<Backend>,
+        capacity: usize,
+        journal: Option<Arc<Journal>>,
+        commands: Arc<ArcSwap<CommandTable>>,
+    ) -> MirrorQueue {
         let conn = backend.mirror_conn(capacity);
-        MirrorQueue { side, backend, conn, stats: Arc::new(MirrorStats::default()), order: std::sync::Mutex::new(()) }
+        let stats = Arc::new(MirrorStats::default());
+        let accounts = Arc::new(Accounts { side, stats: stats.clone(), journal, commands, metrics: None });
+        MirrorQueue { side, backend, conn, stats, accounts, order: std::sync::Mutex::new(()) }
     }
 
     /// Ops waiting to be written to the mirror.

@@ -222,6 +222,11 @@ pub fn builtin_id(name: &str) -> Option<u16> {
     BUILTIN.iter().position(|row| row.0 == name).map(|i| i as u16)
 }
 
+/// The name of the built-in command with this [`CommandInfo::id`]; empty for [`OTHER_ID`].
+pub fn builtin_name(id: u16) -> &'static str {
+    BUILTIN.get(id as usize).map_or("", |row| row.0)
+}
+
 /// Names of the built-in commands, indexed by [`CommandInfo::id`].
 pub fn builtin_names() -> impl ExactSizeIterator<Item = &'static str> {
     BUILTIN.iter().map(|row| row.0)
