@@ -183,7 +183,7 @@ fn effect_rewriting(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (label, name, argv, served) in &cases {
         g.bench_function(*label, |b| {
-            b.iter(|| effect::effect(black_box(name), black_box(argv), black_box(served), NOW_MS, &scripts))
+            b.iter(|| effect::effect(black_box(name), black_box(argv), black_box(served), || NOW_MS, &scripts))
         });
     }
     g.finish();

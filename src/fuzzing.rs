@@ -75,7 +75,7 @@ pub fn client_input(data: &[u8]) {
             let _ = routing.side_of(argv[k]);
         }
         let _ = rules::rule_for(&info.name, &argv);
-        let _ = effect::effect(&info.name, &argv, &reply, NOW_MS, &f.scripts);
+        let _ = effect::effect(&info.name, &argv, &reply, || NOW_MS, &f.scripts);
     }
 }
 

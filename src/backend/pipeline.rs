@@ -157,6 +157,7 @@ pub(super) async fn run(
 
     let reader = async {
         let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut framed = false;
         loop {
             loop {
                 let len = match frame_len(&buf) {
@@ -204,7 +205,12 @@ pub(super) async fn run(
                         w.sink.deliver(Ok(w.picked.unwrap_or_default()));
                     }
                 }
+                framed = true;
+            }
+            if framed {
+                // Once per read, not per reply: the silence timer needs no finer grain.
                 shared.touch();
+                framed = false;
             }
             if shared.closing.load(Ordering::Acquire) && shared.waiters().is_empty() {
                 return Ok(());

@@ -39,7 +39,7 @@ use crate::proto::request::{self, Request};
 use crate::route::{MirrorMode, Routing, Side};
 use crate::server::Proxy;
 use merge::MergeKind;
-use writer::{Out, Tag};
+use writer::{Out, Outbox, Tag};
 
 /// Which backend connection the previous request went to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -92,7 +92,7 @@ struct Session {
     dedicated: [Option<DedicatedConn>; 2],
     /// Pub/Sub pass-through: requests are written here as they are.
     pipe: Option<crate::backend::tls::WriteHalf>,
-    out: mpsc::Sender<Out>,
+    out: Outbox,
     pushes: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -133,7 +133,7 @@ where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let policy = proxy.policy.load_full();
-    let (out_tx, out_rx) = mpsc::channel(policy.max_pipeline.max(1));
+    let (out_tx, out_rx) = writer::channel();
     let (push_tx, push_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer::run(wr, out_rx, push_rx, proxy.metrics.clone()));
 
@@ -177,7 +177,7 @@ where
                 Err(e) => {
                     proxy.metrics.protocol_errors.inc();
                     tracing::info!(client = id, error = %e, "closing client after protocol error");
-                    let _ = session.out.send(Out::Ready(reply::error(&e.client_message()))).await;
+                    let _ = session.out.push(Out::Ready(reply::error(&e.client_message())));
                     break 'conn;
                 }
             }
@@ -186,6 +186,12 @@ where
         if buf.capacity() > 1 << 20 && buf.is_empty() {
             buf = BytesMut::with_capacity(4096);
         }
+        // The replies of everything this read carried go to the writer as one batch; the
+        // next read waits until the client is owed fewer than `max_pipeline` replies.
+        if session.out.flush().is_err() {
+            break;
+        }
+        session.out.room(proxy.policy.load().max_pipeline).await;
 
         // While shutting down, serve what the client already sent and stop once it goes quiet.
         let limit = if draining {
@@ -219,7 +225,8 @@ where
             Some(Ok(_)) => session.read_at = std::time::Instant::now(),
         }
     }
-    let _ = session.out.send(Out::Close).await;
+    let _ = session.out.push(Out::Close);
+    let _ = session.out.flush();
     if let Some(mut pipe) = session.pipe.take() {
         let _ = pipe.shutdown().await;
     }
@@ -244,24 +251,24 @@ impl Session {
         self.tracking || self.db != 0
     }
 
-    async fn reply(&self, bytes: Bytes) -> Result<Flow, Gone> {
-        self.out.send(Out::Ready(bytes)).await.map_err(|_| Gone)?;
-        Ok(Flow::Continue)
+    async fn reply(&mut self, bytes: Bytes) -> Result<Flow, Gone> {
+        self.queue(Out::Ready(bytes)).await
     }
 
-    async fn error(&self, text: &str) -> Result<Flow, Gone> {
+    async fn error(&mut self, text: &str) -> Result<Flow, Gone> {
         self.reply(reply::error(text)).await
     }
 
-    async fn queue(&self, out: Out) -> Result<Flow, Gone> {
-        self.out.send(out).await.map_err(|_| Gone)?;
+    async fn queue(&mut self, out: Out) -> Result<Flow, Gone> {
+        self.out.push(out).map_err(|_| Gone)?;
         Ok(Flow::Continue)
     }
 
     /// Waits until every reply queued so far has been received from its backend.
-    async fn barrier(&self) -> Result<(), Gone> {
+    async fn barrier(&mut self) -> Result<(), Gone> {
         let (tx, rx) = oneshot::channel();
-        self.out.send(Out::Barrier(tx)).await.map_err(|_| Gone)?;
+        self.out.push(Out::Barrier(tx)).map_err(|_| Gone)?;
+        self.out.flush().map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
     }
 
@@ -868,6 +875,8 @@ impl Session {
         self.auth_failures = self.auth_failures.saturating_add(1);
         if self.auth_failures > 1 {
             let ms = 100u64.saturating_mul(1 << (self.auth_failures - 2).min(5)).min(2000);
+            // Earlier replies go out before the pause, not after it.
+            self.out.flush().map_err(|_| Gone)?;
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         self.error("WRONGPASS invalid username-password pair or user is disabled.").await
@@ -1054,7 +1063,8 @@ impl Session {
         proxy.metrics.dedicated_opened.inc();
         self.dedicated = [None, None];
         let (rd, wr) = stream.into_split();
-        self.out.send(Out::Pipe(rd)).await.map_err(|_| Gone)?;
+        self.out.push(Out::Pipe(rd)).map_err(|_| Gone)?;
+        self.out.flush().map_err(|_| Gone)?;
         self.pipe = Some(wr);
         self.handle_piped(proxy, req).await
     }

@@ -1,15 +1,20 @@
 //! The client's reply writer: writes replies in exactly the order the requests arrived.
 //!
 //! The reader queues one [`Out`] per request: a reply it already has (answered by the proxy
-//! itself) or a receiver for a backend's reply. The writer takes them in order, waiting for a
-//! backend reply only when it is next, and gathers whatever is ready into one write. The
-//! queue is bounded by `limits.max_pipeline`, so a client that pipelines faster than its
-//! replies come back is simply not read until they do.
+//! itself) or a receiver for a backend's reply. It hands them over in batches, one per read
+//! of the client's socket ([`Outbox`]), so a pipeline of many commands costs one channel
+//! message, not one each. The writer takes them in order, waiting for a backend reply only
+//! when it is next, and gathers whatever is ready into one write. Before each read the
+//! reader waits until fewer than `limits.max_pipeline` replies are owed, so a client that
+//! pipelines faster than its replies come back is simply not read until they do.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::merge::{self, MergeKind, Part};
 use crate::backend::{BackendError, Reply};
@@ -21,6 +26,85 @@ use std::time::Instant;
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Flush the gathered replies once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
+
+/// Most entries gathered before they are handed to the writer even if the read is not done.
+const BATCH: usize = 64;
+
+/// The writer is gone (the client's socket failed).
+pub struct Closed;
+
+/// Entries handed to the writer and not yet done with, and a wake-up for the reader when
+/// the writer gets through some.
+#[derive(Default)]
+struct Owed {
+    n: AtomicUsize,
+    room: Notify,
+}
+
+/// The reader's end of the reply order.
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<Out>>,
+    pending: Vec<Out>,
+    owed: Arc<Owed>,
+}
+
+/// The writer's end of the reply order.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Vec<Out>>,
+    owed: Arc<Owed>,
+}
+
+/// A reply order between one client's reader and its writer.
+pub fn channel() -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let owed = Arc::new(Owed::default());
+    (Outbox { tx, pending: Vec::new(), owed: owed.clone() }, Inbox { rx, owed })
+}
+
+impl Outbox {
+    /// Queues an entry; it reaches the writer at the next [`Outbox::flush`].
+    pub fn push(&mut self, out: Out) -> Result<(), Closed> {
+        self.pending.push(out);
+        if self.pending.len() >= BATCH {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Hands every queued entry to the writer.
+    pub fn flush(&mut self) -> Result<(), Closed> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(16));
+        self.owed.n.fetch_add(batch.len(), Ordering::AcqRel);
+        self.tx.send(batch).map_err(|_| Closed)
+    }
+
+    /// Waits until fewer than `max` entries are owed by the writer (flush first).
+    pub async fn room(&self, max: usize) {
+        loop {
+            if self.owed.n.load(Ordering::Acquire) < max || self.tx.is_closed() {
+                return;
+            }
+            let freed = self.owed.room.notified();
+            if self.owed.n.load(Ordering::Acquire) < max {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Inbox {
+    /// The writer is done with `n` entries.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.owed.n.fetch_sub(n, Ordering::AcqRel);
+            self.owed.room.notify_one();
+        }
+    }
+}
 
 /// One entry in the client's reply order.
 pub enum Out {
@@ -84,32 +168,43 @@ impl Tag {
 /// fails. `pushes` carries RESP3 push frames from a dedicated connection (client tracking).
 pub async fn run<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Out>,
+    mut inbox: Inbox,
     mut pushes: mpsc::UnboundedReceiver<Bytes>,
     metrics: std::sync::Arc<Metrics>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut clock = Clock::new();
+    let mut batch = Vec::new().into_iter();
+    let mut taken = 0;
     let result: std::io::Result<()> = async {
         loop {
-            let item = match rx.try_recv() {
-                Ok(item) => item,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    flush(&mut wr, &mut buf).await?;
-                    tokio::select! {
-                        item = rx.recv() => match item {
-                            Some(item) => {
-                                clock.refresh();
-                                item
+            let item = match batch.next() {
+                Some(item) => item,
+                None => {
+                    inbox.release(std::mem::take(&mut taken));
+                    let next = match inbox.rx.try_recv() {
+                        Ok(next) => next,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            flush(&mut wr, &mut buf).await?;
+                            tokio::select! {
+                                next = inbox.rx.recv() => match next {
+                                    Some(next) => {
+                                        clock.refresh();
+                                        next
+                                    }
+                                    None => break,
+                                },
+                                Some(push) = pushes.recv() => {
+                                    wr.write_all(&push).await?;
+                                    continue;
+                                }
                             }
-                            None => break,
-                        },
-                        Some(push) = pushes.recv() => {
-                            wr.write_all(&push).await?;
-                            continue;
                         }
-                    }
+                    };
+                    taken = next.len();
+                    batch = next.into_iter();
+                    continue;
                 }
             };
             match item {

@@ -65,14 +65,14 @@ pub enum Effect {
 ///
 /// `name` is the command-table name, lowercase, with `container|sub` for subcommands (`set`,
 /// `spop`, `script|load`); `argv` the full client argv (`argv[0]` as the client typed it);
-/// `reply` the serving backend's complete raw reply frame (RESP2 or RESP3); `now_ms` the
+/// `reply` the serving backend's complete raw reply frame (RESP2 or RESP3); `now_ms` reads the
 /// proxy's wall-clock Unix time in milliseconds when that reply arrived, the base for turning
-/// relative expiries into absolute ones.
+/// relative expiries into absolute ones (read only for a write that has one).
 ///
 /// Scripts seen in `EVAL` / `SCRIPT LOAD` are remembered in `scripts` even when the reply is an
 /// error: a script that failed at run time is still cached by the serving backend, and a later
 /// `EVALSHA` of it must still be sendable as `EVAL`.
-pub fn effect(name: &str, argv: &[&[u8]], reply: &Bytes, now_ms: u64, scripts: &ScriptCache) -> Effect {
+pub fn effect(name: &str, argv: &[&[u8]], reply: &Bytes, now_ms: impl Fn() -> u64, scripts: &ScriptCache) -> Effect {
     match name {
         "eval" | "eval_ro" => remember_arg(scripts, argv, 1),
         "script|load" => remember_arg(scripts, argv, 2),
@@ -81,20 +81,20 @@ pub fn effect(name: &str, argv: &[&[u8]], reply: &Bytes, now_ms: u64, scripts: &
     if is_error(reply) {
         return Effect::Nothing;
     }
-    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let now = || i64::try_from(now_ms()).unwrap_or(i64::MAX);
     match name {
         // Relative expiries → absolute.
-        "expire" => expire(argv, now, 1000, "PEXPIREAT"),
-        "pexpire" => expire(argv, now, 1, "PEXPIREAT"),
-        "hexpire" => expire(argv, now, 1000, "HPEXPIREAT"),
-        "hpexpire" => expire(argv, now, 1, "HPEXPIREAT"),
-        "setex" => setex(argv, now, 1000),
-        "psetex" => setex(argv, now, 1),
-        "set" => expiry_options(argv, 3, now, &SET_OPTIONS),
-        "getex" => expiry_options(argv, 2, now, &GETEX_OPTIONS),
-        "hgetex" => expiry_options(argv, 2, now, &HGETEX_OPTIONS),
-        "hsetex" => expiry_options(argv, 2, now, &HSETEX_OPTIONS),
-        "restore" => restore(argv, now),
+        "expire" => expire(argv, now(), 1000, "PEXPIREAT"),
+        "pexpire" => expire(argv, now(), 1, "PEXPIREAT"),
+        "hexpire" => expire(argv, now(), 1000, "HPEXPIREAT"),
+        "hpexpire" => expire(argv, now(), 1, "HPEXPIREAT"),
+        "setex" => setex(argv, now(), 1000),
+        "psetex" => setex(argv, now(), 1),
+        "set" => expiry_options(argv, 3, &now, &SET_OPTIONS),
+        "getex" => expiry_options(argv, 2, &now, &GETEX_OPTIONS),
+        "hgetex" => expiry_options(argv, 2, &now, &HGETEX_OPTIONS),
+        "hsetex" => expiry_options(argv, 2, &now, &HSETEX_OPTIONS),
+        "restore" => restore(argv, now()),
         // Pops → removal of what was popped.
         "spop" => spop(argv, reply),
         "blpop" => blocking_pop(reply, "LPOP"),
@@ -475,7 +475,7 @@ const HSETEX_OPTIONS: ExpiryGrammar =
 /// command, so the caller never gets here with a success reply).
 ///
 /// Redis lets a repeated `EX` win over an earlier one; rewriting each occurrence keeps that.
-fn expiry_options(argv: &[&[u8]], start: usize, now: i64, grammar: &ExpiryGrammar) -> Effect {
+fn expiry_options(argv: &[&[u8]], start: usize, now: &dyn Fn() -> i64, grammar: &ExpiryGrammar) -> Effect {
     if argv.len() < start {
         return Effect::Same;
     }
@@ -495,7 +495,7 @@ fn expiry_options(argv: &[&[u8]], start: usize, now: i64, grammar: &ExpiryGramma
             let Some(rel) = argv.get(i + 1).and_then(|a| int(a)) else {
                 return Effect::Same;
             };
-            rewrites.push((i, absolute(now, rel, unit_ms)));
+            rewrites.push((i, absolute(now(), rel, unit_ms)));
             i += 2;
         } else if keyword(opt, "EXAT") || keyword(opt, "PXAT") {
             i += 2;
@@ -809,7 +809,7 @@ mod tests {
     fn run_with(name: &str, argv: &[&str], reply: &str, scripts: &ScriptCache) -> Effect {
         let argv: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
         let reply = Bytes::copy_from_slice(reply.as_bytes());
-        effect(name, &argv, &reply, NOW, scripts)
+        effect(name, &argv, &reply, || NOW, scripts)
     }
 
     fn run(name: &str, argv: &[&str], reply: &str) -> Effect {
@@ -881,8 +881,13 @@ mod tests {
             run("expire", &["EXPIRE", "k", "-9223372036854775808"], ":1\r\n"),
             rewritten(&[&["PEXPIREAT", "k", "-9223372036853775808"]])
         );
-        let huge_now =
-            effect("pexpire", &[b"PEXPIRE", b"k", b"5"], &Bytes::from_static(b":1\r\n"), u64::MAX, &ScriptCache::new());
+        let huge_now = effect(
+            "pexpire",
+            &[b"PEXPIRE", b"k", b"5"],
+            &Bytes::from_static(b":1\r\n"),
+            || u64::MAX,
+            &ScriptCache::new(),
+        );
         assert_eq!(huge_now, rewritten(&[&["PEXPIREAT", "k", "9223372036854775807"]]));
         assert_eq!(run("expire", &["EXPIRE", "k", "ten"], ":1\r\n"), Effect::Same);
         assert_eq!(run("expire", &["EXPIRE", "k"], ":1\r\n"), Effect::Same);
@@ -1482,7 +1487,7 @@ mod tests {
             let scripts = ScriptCache::with_limits(8, 1024);
             let argv_refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
             let reply = Bytes::from(reply);
-            let out = effect(name, &argv_refs, &reply, now, &scripts);
+            let out = effect(name, &argv_refs, &reply, || now, &scripts);
             if let Effect::Rewritten(cmds) = &out {
                 prop_assert!(!cmds.is_empty());
                 prop_assert!(cmds.iter().all(|c| c.len() >= 2));
@@ -1496,7 +1501,7 @@ mod tests {
         #[test]
         fn expire_is_now_plus_ttl(now in 0u64..1 << 50, secs in -(1i64 << 30)..1 << 30) {
             let s = secs.to_string();
-            let out = effect("expire", &[b"EXPIRE", b"k", s.as_bytes()], &Bytes::from_static(b":1\r\n"), now, &ScriptCache::new());
+            let out = effect("expire", &[b"EXPIRE", b"k", s.as_bytes()], &Bytes::from_static(b":1\r\n"), || now, &ScriptCache::new());
             let want = (now as i64 + secs * 1000).to_string();
             prop_assert_eq!(out, rewritten(&[&["PEXPIREAT", "k", &want]]));
         }

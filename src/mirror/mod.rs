@@ -284,7 +284,7 @@ impl Mirrors {
         // Commands learned from a backend (`OTHER_ID`) have no built-in effect: forwarded as is.
         let name = crate::proto::commands::builtin_name(cmd);
         let argv = req.argv();
-        let (payload, count, expect) = match effect::effect(name, &argv, reply, crate::unix_ms(), &self.scripts) {
+        let (payload, count, expect) = match effect::effect(name, &argv, reply, crate::unix_ms, &self.scripts) {
             Effect::Nothing => return,
             Effect::Same => {
                 let expect = effect::compare_reply(name).then(|| reply.clone());
@@ -326,7 +326,7 @@ impl Mirrors {
             if !info.flags.contains(crate::proto::commands::Flags::WRITE) {
                 continue;
             }
-            match effect::effect(&info.name, &argv, part, crate::unix_ms(), &self.scripts) {
+            match effect::effect(&info.name, &argv, part, crate::unix_ms, &self.scripts) {
                 Effect::Nothing => continue,
                 Effect::Same => {
                     buf.put(req.raw().clone());
