@@ -94,6 +94,16 @@ pub struct RoutingGuard<'p> {
     parity: usize,
 }
 
+impl RoutingGuard<'_> {
+    /// Keeps the registration past the guard's scope (the command's job is queued later, with
+    /// others); returns the generation parity to hand to [`Proxy::release_routing`] then.
+    pub fn keep(self) -> usize {
+        let parity = self.parity;
+        std::mem::forget(self);
+        parity
+    }
+}
+
 impl Drop for RoutingGuard<'_> {
     fn drop(&mut self) {
         self.proxy.routing_users[self.parity].fetch_sub(1, Ordering::AcqRel);
@@ -169,6 +179,15 @@ impl Proxy {
             }
             // A flip moved on between the two reads: register with the new generation.
             self.routing_users[parity].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends registrations kept with [`RoutingGuard::keep`]: `held[parity]` of each.
+    pub fn release_routing(&self, held: [usize; 2]) {
+        for (users, n) in self.routing_users.iter().zip(held) {
+            if n > 0 {
+                users.fetch_sub(n, Ordering::AcqRel);
+            }
         }
     }
 

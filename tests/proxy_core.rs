@@ -194,3 +194,28 @@ fn redis_benchmark_through_the_proxy_has_no_errors() {
     }
     assert!(started.elapsed() < Duration::from_secs(120));
 }
+
+/// A pipeline arriving in one read is sent to the backend as one job: whatever ends the read
+/// early (QUIT, a switch to a dedicated connection for a blocking pop) must still send the
+/// commands before it, in order.
+#[test]
+fn one_read_pipelines_run_in_order_across_quit_and_a_blocking_pop() {
+    let redis = RedisServer::start();
+    let proxy = proxy_for(&redis);
+    let encode = |cmds: &[&[&str]]| cmds.iter().flat_map(|c| support::encode_cmd(c)).collect::<Vec<u8>>();
+
+    // The pop can only find the item if the push ran first, and only returns at all if the
+    // push was sent before the client moved to its dedicated connection.
+    let mut c = RawConn::connect(proxy.addr());
+    c.send(&encode(&[&["RPUSH", "queue", "item"], &["BLPOP", "queue", "2"], &["INCR", "n"], &["INCR", "n"]]));
+    assert_eq!(c.read_reply(), b":1\r\n");
+    assert_eq!(c.read_reply(), b"*2\r\n$5\r\nqueue\r\n$4\r\nitem\r\n");
+    assert_eq!(c.read_reply(), b":1\r\n");
+    assert_eq!(c.read_reply(), b":2\r\n");
+
+    // Commands before a QUIT in the same read still run, and are answered before the close.
+    let mut c = RawConn::connect(proxy.addr());
+    c.send(&encode(&[&["SET", "a", "1"], &["INCR", "a"], &["QUIT"], &["INCR", "a"]]));
+    assert_eq!(c.read_until_closed(), b"+OK\r\n:2\r\n+OK\r\n");
+    assert_eq!(redis.cli(&["GET", "a"]), "2");
+}

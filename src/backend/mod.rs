@@ -151,6 +151,17 @@ pub enum Sink {
     Callback(Box<dyn FnOnce(Reply) + Send>),
     /// Nobody needs it (state replays such as `SELECT` on a dedicated connection).
     Discard,
+    /// Several commands sent as one job (a client's pipeline gathered over one read), each
+    /// answered in turn. Only for connections to one server: a cluster routes each command.
+    Batch(Vec<Part>),
+}
+
+/// One command of a [`Sink::Batch`] job: how many reply frames it produces, which one is
+/// delivered, and where.
+pub struct Part {
+    pub replies: u32,
+    pub pick: u32,
+    pub sink: Sink,
 }
 
 impl Sink {
@@ -162,6 +173,11 @@ impl Sink {
             }
             Sink::Callback(f) => f(reply),
             Sink::Discard => {}
+            Sink::Batch(parts) => {
+                for part in parts {
+                    part.sink.deliver(reply.clone());
+                }
+            }
         }
     }
 }
@@ -190,6 +206,14 @@ impl Job {
 
     pub fn fail(self, err: &BackendError) {
         self.sink.deliver(Err(err.clone()));
+    }
+
+    /// How many waiters the job adds to its connection.
+    fn weight(&self) -> usize {
+        match &self.sink {
+            Sink::Batch(parts) => parts.len(),
+            _ => 1,
+        }
     }
 }
 

@@ -134,13 +134,11 @@ pub(super) async fn run(
                 tokio::time::sleep(drain_limit).await;
                 return Some(BackendError::unavailable(backend, "connection closed with replies still owed"));
             };
-            push(&shared, &mut out, job);
-            room -= 1;
+            room = room.saturating_sub(push(&shared, &mut out, job));
             while out.len() < MAX_BATCH && room > 0 {
                 match jobs.try_recv() {
                     Ok(job) => {
-                        push(&shared, &mut out, job);
-                        room -= 1;
+                        room = room.saturating_sub(push(&shared, &mut out, job));
                     }
                     Err(_) => break,
                 }
@@ -255,15 +253,30 @@ pub(super) async fn run(
     }
 }
 
-fn push(shared: &Shared, out: &mut BytesMut, job: Job) {
+/// Copies a job's bytes into the write batch and registers who waits for its replies;
+/// returns how many waiters it added.
+fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
+    let weight = job.weight();
     let mut waiters = shared.waiters();
     if waiters.is_empty() {
         shared.touch();
     }
     out.extend_from_slice(&job.payload);
-    if job.replies == 0 {
-        job.sink.deliver(Ok(bytes::Bytes::new()));
+    match job.sink {
+        Sink::Batch(parts) => {
+            for part in parts {
+                wait_for(&mut waiters, part.replies, part.pick, part.sink);
+            }
+        }
+        sink => wait_for(&mut waiters, job.replies, job.pick, sink),
+    }
+    weight
+}
+
+fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) {
+    if replies == 0 {
+        sink.deliver(Ok(bytes::Bytes::new()));
     } else {
-        waiters.push_back(Waiter { left: job.replies, skip: job.pick, sink: job.sink, picked: None });
+        waiters.push_back(Waiter { left: replies, skip: pick, sink, picked: None });
     }
 }

@@ -47,6 +47,11 @@ impl SharedConn {
         }
     }
 
+    /// True for a connection to one server, which takes [`super::Sink::Batch`] jobs.
+    pub fn takes_batches(&self) -> bool {
+        matches!(self.0, Shared::Node(_))
+    }
+
     /// Queues a job if there is room; gives it back otherwise.
     pub fn try_send(&self, job: Job) -> Result<(), Job> {
         match &self.0 {

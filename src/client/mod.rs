@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, Sink};
+use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, Part, SharedConn, Sink};
 use crate::proto::commands::{CommandInfo, Flags, OTHER_ID};
 use crate::proto::reply::{self, HelloValue, Protocol};
 use crate::proto::request::{self, Request};
@@ -94,6 +94,50 @@ struct Session {
     pipe: Option<crate::backend::tls::WriteHalf>,
     out: Outbox,
     pushes: mpsc::UnboundedSender<Bytes>,
+    /// Commands for the pooled connection gathered during the current read.
+    gather: Option<Gather>,
+    owner: Arc<Proxy>,
+}
+
+/// A client's commands for one pooled connection, gathered while one read is parsed and
+/// queued as a single job when it is done (or before anything that must not overtake them):
+/// one channel message and one wake-up of the connection for a whole pipeline.
+struct Gather {
+    side: Side,
+    proto: Protocol,
+    conn: SharedConn,
+    payload: BytesMut,
+    parts: Vec<Part>,
+    /// Routing registrations of the gathered commands, by generation parity: a cutover
+    /// change waits until they are queued.
+    held: [usize; 2],
+    proxy: Arc<Proxy>,
+}
+
+/// Most commands gathered into one job.
+const GATHER_MAX: usize = 64;
+
+impl Gather {
+    /// The job carrying everything gathered.
+    fn into_job(mut self) -> (SharedConn, Job) {
+        let mut parts = std::mem::take(&mut self.parts);
+        let payload = std::mem::take(&mut self.payload).freeze();
+        let job = if parts.len() == 1 {
+            let p = parts.pop().expect("one part");
+            Job { payload, replies: p.replies, pick: p.pick, sink: p.sink }
+        } else {
+            let replies = parts.iter().map(|p| p.replies).sum();
+            Job { payload, replies, pick: 0, sink: Sink::Batch(parts) }
+        };
+        (self.conn.clone(), job)
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        // Whether queued or abandoned, these commands no longer hold a cutover back.
+        self.proxy.release_routing(self.held);
+    }
 }
 
 /// Serves one client (plain TCP) until it disconnects, misbehaves, or the proxy shuts down.
@@ -157,6 +201,8 @@ where
         pipe: None,
         out: out_tx,
         pushes: push_tx,
+        gather: None,
+        owner: proxy.clone(),
     };
 
     let mut buf = BytesMut::with_capacity(4096);
@@ -186,8 +232,10 @@ where
         if buf.capacity() > 1 << 20 && buf.is_empty() {
             buf = BytesMut::with_capacity(4096);
         }
-        // The replies of everything this read carried go to the writer as one batch; the
-        // next read waits until the client is owed fewer than `max_pipeline` replies.
+        // The commands this read carried go to their backend connection as one job, and
+        // their replies to the writer as one batch; the next read waits until the client is
+        // owed fewer than `max_pipeline` replies.
+        session.send_gathered().await;
         if session.out.flush().is_err() {
             break;
         }
@@ -225,6 +273,8 @@ where
             Some(Ok(_)) => session.read_at = std::time::Instant::now(),
         }
     }
+    // Commands read before a QUIT (or a failure) still run, as they would on Redis.
+    session.send_gathered().await;
     let _ = session.out.push(Out::Close);
     let _ = session.out.flush();
     if let Some(mut pipe) = session.pipe.take() {
@@ -264,8 +314,60 @@ impl Session {
         Ok(Flow::Continue)
     }
 
+    /// Queues the gathered commands on their connection.
+    async fn send_gathered(&mut self) {
+        if let Some(gather) = self.gather.take() {
+            let (conn, job) = gather.into_job();
+            conn.send(job).await;
+        }
+    }
+
+    /// Sends a job over the client's pooled connection to `side`: gathered with the others
+    /// of this read when the connection takes batches, at once otherwise.
+    async fn send_shared(&mut self, proxy: &Proxy, side: Side, job: Job) {
+        if self.gather.as_ref().is_some_and(|g| g.side != side || g.proto != self.proto) {
+            self.send_gathered().await;
+        }
+        if self.gather.is_none() {
+            let conn = self.backend(proxy, side).shared(self.proto, self.id).clone();
+            if !conn.takes_batches() {
+                conn.send(job).await;
+                return;
+            }
+            self.gather = Some(Gather {
+                side,
+                proto: self.proto,
+                conn,
+                payload: BytesMut::with_capacity(4096),
+                parts: Vec::with_capacity(16),
+                held: [0, 0],
+                proxy: self.owner.clone(),
+            });
+        }
+        let full = match &mut self.gather {
+            Some(g) => {
+                g.payload.extend_from_slice(&job.payload);
+                g.parts.push(Part { replies: job.replies, pick: job.pick, sink: job.sink });
+                g.parts.len() >= GATHER_MAX || g.payload.len() >= 64 * 1024
+            }
+            None => false,
+        };
+        if full {
+            self.send_gathered().await;
+        }
+    }
+
+    /// Keeps a command's routing registration until its gathered job is queued (released
+    /// at once if nothing is gathered).
+    fn hold_routing(&mut self, guard: crate::server::RoutingGuard<'_>) {
+        if let Some(g) = &mut self.gather {
+            g.held[guard.keep()] += 1;
+        }
+    }
+
     /// Waits until every reply queued so far has been received from its backend.
     async fn barrier(&mut self) -> Result<(), Gone> {
+        self.send_gathered().await;
         let (tx, rx) = oneshot::channel();
         self.out.push(Out::Barrier(tx)).map_err(|_| Gone)?;
         self.out.flush().map_err(|_| Gone)?;
@@ -392,7 +494,7 @@ impl Session {
             };
         }
 
-        let (routing, _routing_guard) = proxy.route();
+        let (routing, routing_guard) = proxy.route();
         if flags.contains(Flags::SUBSCRIBE) {
             let side = self.channel_side(&routing, &req);
             drop(argv);
@@ -480,7 +582,9 @@ impl Session {
         drop(argv);
         proxy.metrics.served[side.index()].inc();
         let cmd = info.map(|i| i.id).unwrap_or(OTHER_ID);
-        self.send(proxy, req, side, path, also, cmd).await
+        let flow = self.send(proxy, req, side, path, also, cmd).await;
+        self.hold_routing(routing_guard);
+        flow
     }
 
     /// The side a Pub/Sub channel lives on: channels follow their slot like keys.
@@ -558,7 +662,7 @@ impl Session {
         };
         let job = Job { payload, replies: 1, pick: 0, sink };
         match path {
-            Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
+            Path::Shared => self.send_shared(proxy, side, job).await,
             Path::Dedicated(side) => {
                 if let Err(err) = self.ensure_dedicated(proxy, side).await {
                     job.fail(&err);
@@ -654,6 +758,8 @@ impl Session {
                     Err(e) => job.fail(&e),
                 }
             } else {
+                // Not gathered: what was gathered goes first, so nothing is overtaken.
+                self.send_gathered().await;
                 self.backend(proxy, side).shared(self.proto, self.id).send(job).await;
             }
             proxy.metrics.served[side.index()].inc();
@@ -768,7 +874,10 @@ impl Session {
         let exec_id = proxy.commands.load().lookup(&[b"exec".as_slice()]).map(|i| i.id).unwrap_or(OTHER_ID);
         let tag = Tag::new(exec_id, side, self.read_at);
         match path {
-            Path::Shared => self.backend(proxy, side).shared(self.proto, self.id).send(job).await,
+            Path::Shared => {
+                self.send_gathered().await;
+                self.backend(proxy, side).shared(self.proto, self.id).send(job).await
+            }
             Path::Dedicated(s) => match self.ensure_dedicated(proxy, s).await {
                 Ok(()) => {
                     if let Some(conn) = &self.dedicated[s.index()] {
@@ -875,7 +984,8 @@ impl Session {
         self.auth_failures = self.auth_failures.saturating_add(1);
         if self.auth_failures > 1 {
             let ms = 100u64.saturating_mul(1 << (self.auth_failures - 2).min(5)).min(2000);
-            // Earlier replies go out before the pause, not after it.
+            // Earlier commands and replies go out before the pause, not after it.
+            self.send_gathered().await;
             self.out.flush().map_err(|_| Gone)?;
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
