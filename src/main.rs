@@ -15,12 +15,6 @@ use tandem::config::{self, Config, LogFormat};
 use tandem::control::{Control, Overrides};
 use tandem::server::Proxy;
 
-/// mimalloc instead of glibc malloc: the per-command path allocates small, short-lived
-/// buffers (reply channels, callbacks) on one thread and frees them on another, which glibc
-/// handles with locks and consolidation passes that showed up as ~10% of the proxy's CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "tandem", version, about = "A RESP proxy for zero-downtime Redis migrations")]
 struct Cli {

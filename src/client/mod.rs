@@ -205,7 +205,10 @@ where
         owner: proxy.clone(),
     };
 
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_MIN);
+    // Room offered to the next read: doubled while reads fill it, so a client sending large
+    // pipelines is read in a few syscalls, while an idle one keeps a small buffer.
+    let mut read_room = READ_MIN;
     let mut draining = false;
     'conn: loop {
         let limits = proxy.policy.load().limits;
@@ -230,8 +233,10 @@ where
         }
         proxy.metrics.commands.inc_by(parsed);
         if buf.capacity() > 1 << 20 && buf.is_empty() {
-            buf = BytesMut::with_capacity(4096);
+            buf = BytesMut::with_capacity(READ_MIN);
         }
+        buf.reserve(read_room);
+        let offered = buf.capacity() - buf.len();
         // The commands this read carried go to their backend connection as one job, and
         // their replies to the writer as one batch; the next read waits until the client is
         // owed fewer than `max_pipeline` replies.
@@ -270,7 +275,10 @@ where
                 break;
             }
             Some(Ok(0)) | Some(Err(_)) => break,
-            Some(Ok(_)) => session.read_at = std::time::Instant::now(),
+            Some(Ok(n)) => {
+                session.read_at = std::time::Instant::now();
+                read_room = if n >= offered { (read_room * 2).min(READ_MAX) } else { read_room.max(n) };
+            }
         }
     }
     // Commands read before a QUIT (or a failure) still run, as they would on Redis.
@@ -283,6 +291,10 @@ where
     drop(session);
     let _ = writer.await;
 }
+
+/// Smallest and largest room offered to one read of a client's socket.
+const READ_MIN: usize = 4096;
+const READ_MAX: usize = 256 * 1024;
 
 /// During shutdown, a client that sends nothing for this long is considered done.
 const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(100);

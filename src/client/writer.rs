@@ -172,7 +172,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     mut pushes: mpsc::UnboundedReceiver<Bytes>,
     metrics: std::sync::Arc<Metrics>,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Grows with the replies it gathers: an idle client keeps next to nothing.
+    let mut buf = BytesMut::new();
     let mut clock = Clock::new();
     let mut batch = Vec::new().into_iter();
     let mut taken = 0;
