@@ -561,4 +561,4 @@ PY
   echo "raw per-round numbers: $CSV"
   [[ -s $FAILLOG ]] && echo "failures: $FAILLOG"
 } | tee "$TXT"
-log "written: $CSV and $TXT (benches/results/ is not git-ignored; do not commit it by accident)"
+log "written: $CSV and $TXT"
