@@ -106,6 +106,10 @@ struct Gather {
     side: Side,
     proto: Protocol,
     conn: SharedConn,
+    /// The first command, kept as it is: a read that carried one command (no pipelining)
+    /// is sent without copying or allocating anything more.
+    first: Option<Job>,
+    /// From the second command on: every command's bytes and reply routing.
     payload: BytesMut,
     parts: Vec<Part>,
     /// Routing registrations of the gathered commands, by generation parity: a cutover
@@ -118,18 +122,37 @@ struct Gather {
 const GATHER_MAX: usize = 64;
 
 impl Gather {
-    /// The job carrying everything gathered.
-    fn into_job(mut self) -> (SharedConn, Job) {
-        let mut parts = std::mem::take(&mut self.parts);
-        let payload = std::mem::take(&mut self.payload).freeze();
-        let job = if parts.len() == 1 {
-            let p = parts.pop().expect("one part");
-            Job { payload, replies: p.replies, pick: p.pick, sink: p.sink }
-        } else {
-            let replies = parts.iter().map(|p| p.replies).sum();
-            Job { payload, replies, pick: 0, sink: Sink::Batch(parts) }
+    /// Adds a command; true when the gather is full and should be sent.
+    fn add(&mut self, job: Job) -> bool {
+        if self.parts.is_empty() {
+            let Some(first) = self.first.take() else {
+                self.first = Some(job);
+                return false;
+            };
+            self.payload.reserve(first.payload.len() * 16);
+            self.parts.reserve(16);
+            self.payload.extend_from_slice(&first.payload);
+            self.parts.push(Part { replies: first.replies, pick: first.pick, sink: first.sink });
+        }
+        self.payload.extend_from_slice(&job.payload);
+        self.parts.push(Part { replies: job.replies, pick: job.pick, sink: job.sink });
+        self.parts.len() >= GATHER_MAX || self.payload.len() >= 64 * 1024
+    }
+
+    /// The job carrying everything gathered (the gather itself is dropped only once that job
+    /// is queued: dropping it releases the routing registrations).
+    fn take_job(&mut self) -> Option<Job> {
+        let job = match self.first.take() {
+            Some(first) => first,
+            None if self.parts.is_empty() => return None,
+            None => {
+                let parts = std::mem::take(&mut self.parts);
+                let replies = parts.iter().map(|p| p.replies).sum();
+                let payload = std::mem::take(&mut self.payload).freeze();
+                Job { payload, replies, pick: 0, sink: Sink::Batch(parts) }
+            }
         };
-        (self.conn.clone(), job)
+        Some(job)
     }
 }
 
@@ -328,9 +351,12 @@ impl Session {
 
     /// Queues the gathered commands on their connection.
     async fn send_gathered(&mut self) {
-        if let Some(gather) = self.gather.take() {
-            let (conn, job) = gather.into_job();
-            conn.send(job).await;
+        if let Some(mut gather) = self.gather.take() {
+            if let Some(job) = gather.take_job() {
+                gather.conn.send(job).await;
+            }
+            // Queued: a cutover change may go ahead now.
+            drop(gather);
         }
     }
 
@@ -350,20 +376,14 @@ impl Session {
                 side,
                 proto: self.proto,
                 conn,
-                payload: BytesMut::with_capacity(4096),
-                parts: Vec::with_capacity(16),
+                first: None,
+                payload: BytesMut::new(),
+                parts: Vec::new(),
                 held: [0, 0],
                 proxy: self.owner.clone(),
             });
         }
-        let full = match &mut self.gather {
-            Some(g) => {
-                g.payload.extend_from_slice(&job.payload);
-                g.parts.push(Part { replies: job.replies, pick: job.pick, sink: job.sink });
-                g.parts.len() >= GATHER_MAX || g.payload.len() >= 64 * 1024
-            }
-            None => false,
-        };
+        let full = self.gather.as_mut().is_some_and(|g| g.add(job));
         if full {
             self.send_gathered().await;
         }

@@ -41,16 +41,23 @@ struct Owed {
     room: Notify,
 }
 
+/// Entries handed over together; a read that carried one command hands over one entry
+/// without allocating a batch.
+enum Handoff {
+    One(Out),
+    Many(Vec<Out>),
+}
+
 /// The reader's end of the reply order.
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Vec<Out>>,
+    tx: mpsc::UnboundedSender<Handoff>,
     pending: Vec<Out>,
     owed: Arc<Owed>,
 }
 
 /// The writer's end of the reply order.
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Vec<Out>>,
+    rx: mpsc::UnboundedReceiver<Handoff>,
     owed: Arc<Owed>,
 }
 
@@ -73,12 +80,17 @@ impl Outbox {
 
     /// Hands every queued entry to the writer.
     pub fn flush(&mut self) -> Result<(), Closed> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(16));
-        self.owed.n.fetch_add(batch.len(), Ordering::AcqRel);
-        self.tx.send(batch).map_err(|_| Closed)
+        let handoff = match self.pending.len() {
+            0 => return Ok(()),
+            1 => Handoff::One(self.pending.pop().expect("one entry")),
+            n => Handoff::Many(std::mem::replace(&mut self.pending, Vec::with_capacity(n))),
+        };
+        let n = match &handoff {
+            Handoff::One(_) => 1,
+            Handoff::Many(v) => v.len(),
+        };
+        self.owed.n.fetch_add(n, Ordering::AcqRel);
+        self.tx.send(handoff).map_err(|_| Closed)
     }
 
     /// Waits until fewer than `max` entries are owed by the writer (flush first).
@@ -175,11 +187,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
     // Grows with the replies it gathers: an idle client keeps next to nothing.
     let mut buf = BytesMut::new();
     let mut clock = Clock::new();
+    let mut single = None;
     let mut batch = Vec::new().into_iter();
     let mut taken = 0;
     let result: std::io::Result<()> = async {
         loop {
-            let item = match batch.next() {
+            let item = match single.take().or_else(|| batch.next()) {
                 Some(item) => item,
                 None => {
                     inbox.release(std::mem::take(&mut taken));
@@ -203,8 +216,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
                             }
                         }
                     };
-                    taken = next.len();
-                    batch = next.into_iter();
+                    match next {
+                        Handoff::One(out) => {
+                            taken = 1;
+                            single = Some(out);
+                        }
+                        Handoff::Many(outs) => {
+                            taken = outs.len();
+                            batch = outs.into_iter();
+                        }
+                    }
                     continue;
                 }
             };
