@@ -101,10 +101,10 @@ measure() { # bin mode test
   wait_ready "$proxy" "$p_pid" tandem || die "tandem under valgrind did not start (see $TMP/tandem.log)"
   local args=(-h 127.0.0.1 -p "$proxy" -c 50 -P "$PIPELINE" -d 100 -r 100000 -t "$test" -q)
   bounded 600 redis-benchmark "${args[@]}" -n "$WARMUP" >/dev/null 2>&1
-  callgrind_control -z "$p_pid" >/dev/null
+  callgrind_control -z "$p_pid" >/dev/null 2>&1
   bounded 1200 redis-benchmark "${args[@]}" -n "$REQUESTS" >/dev/null 2>&1
   [[ $BG_RC -eq 0 ]] || die "redis-benchmark failed ($BG_RC)"
-  callgrind_control -d "$p_pid" >/dev/null
+  callgrind_control -d "$p_pid" >/dev/null 2>&1
   dump="$TMP/cg.$p_pid.1"
   for _ in $(seq 100); do [[ -s $dump ]] && grep -q '^totals:' "$dump" && break; sleep 0.1; done
   total=$(awk '/^totals:/ {print $2; exit}' "$dump")
@@ -119,12 +119,15 @@ measure() { # bin mode test
 IFS=, read -r -a TEST_LIST <<<"$TESTS"
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 log "callgrind: ${#BINS[@]} binaries x ${#MODE_LIST[@]} modes x ${#TEST_LIST[@]} tests, -P $PIPELINE, $REQUESTS requests each"
-printf '%-8s %-6s %-40s %14s\n' test mode binary "instr/request"
+printf '%-8s %-6s %-40s %14s %10s\n' test mode binary "instr/request" "vs first"
 for test in "${TEST_LIST[@]}"; do
   for mode in "${MODE_LIST[@]}"; do
+    first=""
     for bin in "${BINS[@]}"; do
       measure "$bin" "$mode" "$test"
-      printf '%-8s %-6s %-40s %14s\n' "$test" "$mode" "$bin" "$RESULT"
+      [[ -z $first ]] && first=$RESULT
+      printf '%-8s %-6s %-40s %14s %10s\n' "$test" "$mode" "$bin" "$RESULT" \
+        "$(awk -v a="$RESULT" -v b="$first" 'BEGIN { printf "%.2f", a / b }')"
     done
   done
 done
