@@ -142,14 +142,6 @@ BENCH_NAME=compare
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 
-start_redis() { # name port -> sets R_PID
-  redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
-    --protected-mode yes --daemonize no --logfile "$TMP/$1.log" >/dev/null 2>&1 &
-  R_PID=$!
-  PIDS+=("$R_PID")
-  wait_ready "$2" "$R_PID" "$1" || { tail -20 "$TMP/$1.log" >&2; die "$1 redis-server did not start"; }
-}
-
 # ---------------------------------------------------------------------------------
 needs_build() {
   [[ -x $TANDEM_BIN ]] || return 0
@@ -171,6 +163,8 @@ FAILLOG=$RESULTS_DIR/compare-$STAMP.failures.log
 need_target=0
 RUN_MODES=()   # mode indices to start
 SKIPPED=()     # "mode: reason"
+RSS_FAILED=0
+NOT_STARTED=() # modes whose tandem did not come up (the run then exits 1)
 if [[ $RSS_ONLY == 0 ]]; then
   for m in "${MODE_LIST[@]}"; do
     i=$(mode_index "$m")
@@ -255,6 +249,7 @@ measure_rss() {
   log "RSS: starting a fresh tandem (mode off)"
   if ! start_tandem "$off"; then
     RSS_REPORT="RSS: could not start tandem: $T_WHY"
+    RSS_FAILED=1
     return
   fi
   sleep 0.5
@@ -294,6 +289,7 @@ PY
   for ((i = 0; i < 600; i++)); do [[ -s $ready ]] && break; kill -0 "$pyp" 2>/dev/null || break; sleep 0.1; done
   if [[ ! -s $ready ]]; then
     RSS_REPORT="RSS: idle-connection helper failed: $(tail -3 "$TMP/idle.log" | tr '\n' ' ')"
+    RSS_FAILED=1
     stop_pid "$pyp"; stop_pid "$T_PID"
     return
   fi
@@ -330,6 +326,7 @@ PY
   rps=$(awk -F'","' 'NR == 2 {print $2}' "$TMP/rss.bench")
   stop_pid "$pyp"
   stop_pid "$T_PID"
+  [[ $rc == 0 && $pongs == "$IDLE_CONNS" && $clients == "$IDLE_CONNS" ]] || RSS_FAILED=1
   RSS_REPORT=$(
     echo "tandem RSS (mode off, fresh process; VmRSS from /proc/PID/status)"
     echo "  idle, no clients:                         $(mib "$rss0")"
@@ -365,7 +362,7 @@ if [[ $RSS_ONLY == 1 ]]; then
     echo "$RSS_REPORT"
   } | tee "$TXT"
   log "written: $TXT"
-  exit 0
+  exit "$RSS_FAILED"
 fi
 
 # ---- twemproxy ------------------------------------------------------------------
@@ -404,6 +401,7 @@ for i in "${RUN_MODES[@]}"; do
   else
     log "mode $name: skipped: $T_WHY"
     SKIPPED+=("tandem-$name: skipped ($T_WHY)")
+    NOT_STARTED+=("tandem-$name")
   fi
 done
 NT=${#T_NAMES[@]}
@@ -562,3 +560,10 @@ PY
   [[ -s $FAILLOG ]] && echo "failures: $FAILLOG"
 } | tee "$TXT"
 log "written: $CSV and $TXT"
+# A run with failures still prints its table, but does not pass for a good one.
+if [[ -s $FAILLOG || ${#NOT_STARTED[@]} -gt 0 || $RSS_FAILED == 1 ]]; then
+  [[ ${#NOT_STARTED[@]} -gt 0 ]] && log "FAILED: did not start: ${NOT_STARTED[*]}"
+  [[ $RSS_FAILED == 1 ]] && log "FAILED: the RSS measurement (see its report above)"
+  [[ -s $FAILLOG ]] && log "FAILED: $(grep -c '^===' "$FAILLOG") failed runs; see $FAILLOG"
+  exit 1
+fi

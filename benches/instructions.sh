@@ -67,25 +67,17 @@ BENCH_NAME=instructions
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 
-start_redis() { # port -> sets STARTED to its pid
-  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis-$1.log" 2>&1 &
-  STARTED=$!
-  PIDS+=("$STARTED")
-}
-
 # One measurement (in this shell, so cleanup knows every process); sets RESULT to the
 # instructions per request.
 measure() { # bin mode test
   local bin=$1 mode=$2 test=$3 src tgt proxy admin s_pid t_pid=0 p_pid dump total
   read -r src tgt proxy admin <<<"$(free_ports 4)"
-  start_redis "$src"
-  s_pid=$STARTED
+  start_redis source "$src"
+  s_pid=$R_PID
   if [[ $mode != off ]]; then
-    start_redis "$tgt"
-    t_pid=$STARTED
+    start_redis target "$tgt"
+    t_pid=$R_PID
   fi
-  wait_ready "$src" "$s_pid" || die "source redis did not start"
-  [[ $mode != off ]] && { wait_ready "$tgt" "$t_pid" || die "target redis did not start"; }
   {
     echo "listen: \"127.0.0.1:$proxy\""
     echo "admin: {listen: \"127.0.0.1:$admin\"}"
@@ -101,10 +93,10 @@ measure() { # bin mode test
   wait_ready "$proxy" "$p_pid" tandem || die "tandem under valgrind did not start (see $TMP/tandem.log)"
   local args=(-h 127.0.0.1 -p "$proxy" -c 50 -P "$PIPELINE" -d 100 -r 100000 -t "$test" -q)
   bounded 600 redis-benchmark "${args[@]}" -n "$WARMUP" >/dev/null 2>&1
-  callgrind_control -z "$p_pid" >/dev/null 2>&1
+  callgrind_control -z "$p_pid" >/dev/null 2>&1 || die "callgrind_control could not zero the counters of $p_pid"
   bounded 1200 redis-benchmark "${args[@]}" -n "$REQUESTS" >/dev/null 2>&1
   [[ $BG_RC -eq 0 ]] || die "redis-benchmark failed ($BG_RC)"
-  callgrind_control -d "$p_pid" >/dev/null 2>&1
+  callgrind_control -d "$p_pid" >/dev/null 2>&1 || die "callgrind_control could not dump the counters of $p_pid"
   dump="$TMP/cg.$p_pid.1"
   for _ in $(seq 100); do [[ -s $dump ]] && grep -q '^totals:' "$dump" && break; sleep 0.1; done
   total=$(awk '/^totals:/ {print $2; exit}' "$dump")

@@ -89,6 +89,16 @@ wait_ready() { # port pid [name] -> 0 when PING answers PONG; 1 if the process d
 
 # Runs a command under `timeout` in the background and waits for it, so that a
 # signal to this script is handled at once (cleanup then kills it). Sets BG_RC.
+# A throwaway redis-server (no persistence) on 127.0.0.1:port, logging to $TMP/name.log;
+# returns once it answers PING, with its pid in R_PID (and in PIDS, for cleanup).
+start_redis() { # name port
+  redis-server --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+    --protected-mode yes --daemonize no --logfile "$TMP/$1.log" >/dev/null 2>&1 &
+  R_PID=$!
+  PIDS+=("$R_PID")
+  wait_ready "$2" "$R_PID" "$1" || { tail -20 "$TMP/$1.log" >&2; die "$1 redis-server did not start"; }
+}
+
 bounded() { # seconds cmd...
   timeout -k 5 "$1" "${@:2}" &
   local pid=$!

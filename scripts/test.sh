@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs redis-server, redis-tools
-# (redis-cli, redis-benchmark) and procps (kill) when missing, then runs every test (unit,
-# property and integration tests against real redis-server processes on loopback).
+# (redis-cli, redis-benchmark), nutcracker (twemproxy, for the benchmark harness) and procps
+# (kill) when missing, then runs every test (unit, property and integration tests against
+# real redis-server processes on loopback) and the benchmark harness in miniature.
 #
 #   ./scripts/test.sh            # what a developer runs
 #   CI=true ./scripts/test.sh    # what .ci/run runs (also checks fmt and clippy)
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
 # The harness signals tandem with kill(1), which is procps's (the shell's builtin is not a
 # program); a bare Debian image has no procps.
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
@@ -32,3 +34,9 @@ fi
 cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
 # The criterion benches, each run once as a smoke test (criterion takes no libtest flags).
 cargo test --benches
+# The comparison harness end to end, in miniature (seconds): direct Redis, twemproxy and the
+# debug tandem built above, mirror off and async + compare, and the RSS measurement. It exits
+# non-zero if any run fails, a tandem does not start or an idle client goes unanswered.
+TANDEM_BIN="$PWD/target/debug/tandem" RESULTS_DIR="$PWD/target/bench-smoke" IDLE_CONNS=100 \
+  benches/compare.sh --no-build --rounds 1 --requests 2000 --tests set,get,mset --pipelines "1 16" \
+  --modes off,async+compare5 --rss >/dev/null
