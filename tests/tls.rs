@@ -260,7 +260,7 @@ fn tls_request(
     s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
     args: &[&str],
 ) -> std::io::Result<String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     s.write_all(&support::encode_cmd(args))?;
     s.flush()?;
     let mut buf = Vec::new();
@@ -269,7 +269,7 @@ fn tls_request(
         if let Ok(Some(n)) = support::resp_frame_len(&buf) {
             return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
-        let n = s.read(&mut chunk)?;
+        let n = support::read_some(s, &mut chunk)?;
         if n == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
         }

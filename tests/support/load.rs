@@ -807,7 +807,7 @@ fn await_close(c: &mut RawConn, wait: Duration) -> CloseOutcome {
         if stream.set_read_timeout(Some(left)).is_err() {
             return CloseOutcome::Reset;
         }
-        match stream.read(&mut buf) {
+        match super::read_some(&mut stream, &mut buf) {
             Ok(0) if extra == 0 => return CloseOutcome::Clean,
             Ok(0) => return CloseOutcome::ExtraBytes(extra),
             Ok(n) => extra += n,
@@ -1030,7 +1030,7 @@ pub fn pipeline(addr: &str, payload: Vec<u8>, replies: usize, timeout: Duration)
             buf.drain(..start);
             start = 0;
         }
-        let n = reader.read(&mut chunk)?;
+        let n = super::read_some(&mut reader, &mut chunk)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

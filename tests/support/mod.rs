@@ -167,13 +167,25 @@ pub fn probe_ping(addr: &str, timeout: Duration) -> Option<String> {
         if Instant::now() >= deadline || buf.len() > 64 * 1024 {
             return None;
         }
-        match stream.read(&mut chunk) {
+        match read_some(&mut stream, &mut chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
     let end = buf.windows(2).position(|w| w == b"\r\n")?;
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// [`Read::read`], retried when a signal interrupts it. A socket read with a timeout is not
+/// restarted after a signal handler runs (SIGCHLD, when another test's child process
+/// exits), so without this a test would see a spurious `Interrupted` error.
+pub fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Reads a (log) file as text, tolerating invalid UTF-8 and a missing file.

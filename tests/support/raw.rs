@@ -207,7 +207,7 @@ impl RawConn {
         }
         self.stream.set_read_timeout(Some(remaining))?;
         let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
+        match super::read_some(&mut self.stream, &mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(n)
