@@ -13,6 +13,7 @@
 # Usage: benches/compare.sh [--rounds N] [--requests N] [--tests set,get,...]
 #                           [--pipelines "1 16"] [--clients 50] [--modes off,...]
 #                           [--quick] [--no-build] [--rss | --rss-only] [--force-modes]
+#                           [--baseline PATH]
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,6 +54,7 @@ RSS=0
 RSS_ONLY=0
 FORCE_MODES=0
 SEL_MODES=""
+BASELINE=""
 IDLE_CONNS=${IDLE_CONNS:-1000}
 RUN_TIMEOUT=${RUN_TIMEOUT:-120}   # seconds, per redis-benchmark call
 
@@ -73,6 +75,8 @@ Usage: benches/compare.sh [options]
   --no-build          never run cargo build
   --rss               also measure tandem RSS (idle, $IDLE_CONNS idle clients, peak under SET -P 16)
   --rss-only          only the RSS measurement
+  --baseline PATH     also run every mode with this tandem binary (named MODE@base), in
+                      the same alternation: an A/B of two builds within one run
 Environment: TANDEM_BIN, RESULTS_DIR, RUN_TIMEOUT (s, default 120), IDLE_CONNS (default 1000)
 EOF
 }
@@ -99,6 +103,7 @@ while [[ $# -gt 0 ]]; do
     --clients) CLIENTS=$2; shift 2 ;;
     --modes) SEL_MODES=$2; shift 2 ;;
     --force-modes) FORCE_MODES=1; shift ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --rss) RSS=1; shift ;;
@@ -152,6 +157,7 @@ if [[ $BUILD == 1 ]] && needs_build; then
   (cd "$ROOT" && cargo build --release >&2) || die "cargo build --release failed (--no-build benchmarks the existing binary as it is)"
 fi
 [[ -x $TANDEM_BIN ]] || die "no tandem binary at $TANDEM_BIN (run without --no-build)"
+[[ -z $BASELINE || -x $BASELINE ]] || die "no tandem binary at $BASELINE (--baseline)"
 
 # ---------------------------------------------------------------------------------
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -202,10 +208,11 @@ populate() {
 }
 
 # ---- tandem ---------------------------------------------------------------------
-# start_tandem INDEX -> sets T_PORT T_PID T_ADMIN; returns 1 (reason in T_WHY) on failure
+# start_tandem INDEX [BIN SUFFIX] -> sets T_PORT T_PID T_ADMIN; returns 1 (reason in T_WHY)
+# on failure. BIN defaults to TANDEM_BIN; SUFFIX is appended to the mode's name.
 start_tandem() {
-  local i=$1 name backends yaml conf out ports
-  name=$(mode_field "$i" name)
+  local i=$1 bin=${2:-$TANDEM_BIN} name backends yaml conf out ports
+  name=$(mode_field "$i" name)${3:-}
   backends=$(mode_field "$i" backends)
   yaml=$(mode_field "$i" yaml)
   read -r T_PORT T_ADMIN <<<"$(free_ports 2)"
@@ -219,14 +226,14 @@ start_tandem() {
     [[ $backends == *target* ]] && echo "  target: {url: \"redis://127.0.0.1:$TGT_PORT\"}"
     printf '%b\n' "$yaml"
   } >"$conf"
-  if ! out=$("$TANDEM_BIN" check --config "$conf" 2>&1); then
+  if ! out=$("$bin" check --config "$conf" 2>&1); then
     T_WHY="tandem rejected its config: $(echo "$out" | tr '\n' ' ')"
     return 1
   fi
   local args=(run --config "$conf" --listen "127.0.0.1:$T_PORT" --admin "127.0.0.1:$T_ADMIN"
     --source "redis://127.0.0.1:$SRC_PORT" --drain-timeout 1s)
   [[ $backends == *target* ]] && args+=(--target "redis://127.0.0.1:$TGT_PORT")
-  "$TANDEM_BIN" "${args[@]}" >"$TMP/tandem-$name.log" 2>&1 &
+  "$bin" "${args[@]}" >"$TMP/tandem-$name.log" 2>&1 &
   T_PID=$!
   PIDS+=("$T_PID")
   if ! wait_ready "$T_PORT" "$T_PID" "tandem-$name"; then
@@ -349,6 +356,7 @@ TW_VER=$(nutcracker --version 2>&1 | sed -n 's/.*nutcracker-\([0-9.]*\).*/\1/p' 
 BIN_TIME=$(date -r "$TANDEM_BIN" '+%Y-%m-%d %H:%M:%S')
 BIN_NOTE="binary built $BIN_TIME"
 needs_build && BIN_NOTE="$BIN_NOTE; WARNING: src/ or Cargo.* changed since (--no-build?)"
+[[ -n $BASELINE ]] && BIN_NOTE="$BIN_NOTE; MODE@base runs $BASELINE (built $(date -r "$BASELINE" "+%Y-%m-%d %H:%M:%S"))"
 CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -392,10 +400,16 @@ T_NAMES=(direct twemproxy)
 T_PORTS=("$SRC_PORT" "$TW_PORT")
 T_PIDS=("$SRC_PID" "$TW_PID")
 T_LOGS=("$TMP/source.log" "$TMP/nutcracker.log")
+STARTS=()   # "index|binary|suffix"
 for i in "${RUN_MODES[@]}"; do
-  name=$(mode_field "$i" name)
-  log "starting tandem-$name"
-  if start_tandem "$i"; then
+  STARTS+=("$i|$TANDEM_BIN|")
+  [[ -n $BASELINE ]] && STARTS+=("$i|$BASELINE|@base")
+done
+for st in "${STARTS[@]}"; do
+  IFS='|' read -r i bin suffix <<<"$st"
+  name=$(mode_field "$i" name)$suffix
+  log "starting tandem-$name ($bin)"
+  if start_tandem "$i" "$bin" "$suffix"; then
     log "tandem-$name on 127.0.0.1:$T_PORT (admin 127.0.0.1:$T_ADMIN)"
     T_NAMES+=("tandem-$name"); T_PORTS+=("$T_PORT"); T_PIDS+=("$T_PID"); T_LOGS+=("$TMP/tandem-$name.log")
   else

@@ -69,6 +69,7 @@ pub struct Metrics {
     pub cutover_percent: Gauge,
     mirror_writes: IntCounterVec,
     mirror_queue_depth: IntGaugeVec,
+    mirror_jobs: IntCounterVec,
     commands_by: CommandCounters,
     latency: [[Histogram; 3]; 2],
     pub config_generation: IntGauge,
@@ -151,10 +152,25 @@ impl Metrics {
             )
             .expect("static"),
         );
+        let mirror_jobs = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "mirror_jobs_total",
+                    "Jobs queued towards each backend's mirror connection; each carries the mirrored writes \
+                     gathered from one read of serving replies (writes per job is the batch size)",
+                ),
+                &["backend"],
+            )
+            .expect("static"),
+        );
         let mirror_queue_depth = register(
             &registry,
             IntGaugeVec::new(
-                Opts::new("mirror_queue_depth", "Mirrored writes waiting to be sent, by destination backend"),
+                Opts::new(
+                    "mirror_queue_depth",
+                    "Mirrored writes in flight (queued, or sent and not yet answered), by destination backend",
+                ),
                 &["backend"],
             )
             .expect("static"),
@@ -247,6 +263,7 @@ impl Metrics {
             cutover_percent,
             mirror_writes,
             mirror_queue_depth,
+            mirror_jobs,
             client_connections,
             client_connections_total: counter("client_connections_total", "Client connections accepted"),
             clients_rejected: counter("clients_rejected_total", "Client connections refused at limits.max_clients"),
@@ -345,6 +362,8 @@ impl Metrics {
                 c.inc_by(value.saturating_sub(c.get()));
             }
             self.mirror_queue_depth.with_label_values(&[side.name()]).set(q.depth() as i64);
+            let jobs = self.mirror_jobs.with_label_values(&[side.name()]);
+            jobs.inc_by(q.stats.jobs().saturating_sub(jobs.get()));
         }
     }
 

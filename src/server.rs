@@ -145,10 +145,14 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new());
         let comparer =
             Arc::new(crate::compare::Comparer::new(compare.0, compare.1, journal.clone(), metrics.registry()));
-        let mirrors = Arc::new(
-            Mirrors::new(&source, target.as_ref(), mirror_queue_len, commands.clone(), journal)
-                .with_metrics(metrics.clone()),
-        );
+        let mirrors = Arc::new(Mirrors::new(
+            &source,
+            target.as_ref(),
+            mirror_queue_len,
+            commands.clone(),
+            journal,
+            Some(metrics.clone()),
+        ));
         metrics.cutover_percent.set(routing.plan.percent());
         Arc::new(Proxy {
             policy: ArcSwap::from_pointee(policy),

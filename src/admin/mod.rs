@@ -153,6 +153,7 @@ pub fn status(control: &Control) -> serde_json::Value {
         if let Some(q) = set.mirrors.queue(side) {
             let mut v = serde_json::to_value(q.stats.snapshot()).unwrap_or_default();
             v["queue_depth"] = q.depth().into();
+            v["jobs"] = q.stats.jobs().into();
             towards.insert(side.name().to_string(), v);
         }
     }

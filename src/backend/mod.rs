@@ -151,17 +151,9 @@ pub enum Sink {
     Callback(Box<dyn FnOnce(Reply) + Send>),
     /// Nobody needs it (state replays such as `SELECT` on a dedicated connection).
     Discard,
-    /// Several commands sent as one job (a client's pipeline gathered over one read), each
-    /// answered in turn. Only for connections to one server: a cluster routes each command.
-    Batch(Vec<Part>),
-}
-
-/// One command of a [`Sink::Batch`] job: how many reply frames it produces, which one is
-/// delivered, and where.
-pub struct Part {
-    pub replies: u32,
-    pub pick: u32,
-    pub sink: Sink,
+    /// Several jobs sent as one (a client's pipeline gathered over one read), each written
+    /// with its own bytes and answered in turn; the batch job's own payload is empty. Only for connections to one server: a cluster routes each command.
+    Batch(Vec<Job>),
 }
 
 impl Sink {
@@ -213,6 +205,54 @@ impl Job {
         match &self.sink {
             Sink::Batch(parts) => parts.len(),
             _ => 1,
+        }
+    }
+}
+
+/// Jobs joined into one, in order (a [`Sink::Batch`]; a lone job stays as it is). Each
+/// joined job must deliver its own reply (not be a batch itself), and the result only goes to
+/// a connection that takes batches ([`SharedConn::takes_batches`]). Nothing is copied: the
+/// connection writes each job's bytes into its write buffer.
+#[derive(Default)]
+pub struct JobBatch {
+    jobs: Vec<Job>,
+    bytes: usize,
+}
+
+impl JobBatch {
+    pub fn push(&mut self, job: Job) {
+        if self.jobs.capacity() == 0 {
+            self.jobs.reserve(16);
+        }
+        self.bytes += job.payload.len();
+        self.jobs.push(job);
+    }
+
+    /// Jobs joined so far.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Bytes joined so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The job carrying everything joined; the batch is empty again afterwards.
+    pub fn take(&mut self) -> Option<Job> {
+        self.bytes = 0;
+        match self.jobs.len() {
+            0 => None,
+            1 => self.jobs.pop(),
+            _ => {
+                let jobs = std::mem::take(&mut self.jobs);
+                let replies = jobs.iter().map(|j| j.replies).sum();
+                Some(Job { payload: Bytes::new(), replies, pick: 0, sink: Sink::Batch(jobs) })
+            }
         }
     }
 }
@@ -404,5 +444,44 @@ impl Backend {
     /// Lets a later connection retry the command-table refresh after a failure.
     pub fn release_command_refresh(&self) {
         self.commands_loaded.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_batch_keeps_a_lone_job_and_joins_several_in_order() {
+        let mut batch = JobBatch::default();
+        assert!(batch.take().is_none());
+
+        let (job, _rx) = Job::single(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+        batch.push(job);
+        let lone = batch.take().expect("one job");
+        assert!(matches!(lone.sink, Sink::Reply(_)), "a lone job is sent as it is");
+        assert_eq!(&lone.payload[..], b"*1\r\n$4\r\nPING\r\n");
+        assert!(batch.is_empty());
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, replies) in [1u32, 3, 1].into_iter().enumerate() {
+            let tx = tx.clone();
+            let sink = Sink::Callback(Box::new(move |r: Reply| {
+                let _ = tx.send((i, r));
+            }));
+            batch.push(Job { payload: Bytes::from(vec![b'x'; i + 1]), replies, pick: 0, sink });
+        }
+        assert_eq!((batch.len(), batch.bytes()), (3, 6));
+        let joined = batch.take().expect("a batch");
+        assert_eq!((batch.len(), batch.bytes()), (0, 0));
+        assert_eq!(joined.replies, 5);
+        assert!(joined.payload.is_empty(), "each joined job keeps its own bytes");
+        let Sink::Batch(jobs) = &joined.sink else { panic!("not a batch") };
+        assert_eq!(jobs.iter().map(|j| j.payload.len()).collect::<Vec<_>>(), [1, 2, 3]);
+        // Failing the batch tells every joined job, in order.
+        joined.fail(&BackendError::unavailable(&Arc::from("b"), "down"));
+        let told: Vec<(usize, bool)> =
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|(i, r)| (i, r.is_err())).collect();
+        assert_eq!(told, [(0, true), (1, true), (2, true)]);
     }
 }

@@ -157,6 +157,9 @@ pub(super) async fn run(
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut framed = false;
         loop {
+            // Mirror effects and compared reads enqueued by this read's replies go to their
+            // queues together when it is handled.
+            let batching = crate::mirror::Batching::start();
             loop {
                 let len = match frame_len(&buf) {
                     Ok(Some(len)) => len,
@@ -205,6 +208,7 @@ pub(super) async fn run(
                 }
                 framed = true;
             }
+            drop(batching);
             if framed {
                 // Once per read, not per reply: the silence timer needs no finer grain.
                 shared.touch();
@@ -263,9 +267,10 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
     }
     out.extend_from_slice(&job.payload);
     match job.sink {
-        Sink::Batch(parts) => {
-            for part in parts {
-                wait_for(&mut waiters, part.replies, part.pick, part.sink);
+        Sink::Batch(jobs) => {
+            for job in jobs {
+                out.extend_from_slice(&job.payload);
+                wait_for(&mut waiters, job.replies, job.pick, job.sink);
             }
         }
         sink => wait_for(&mut waiters, job.replies, job.pick, sink),

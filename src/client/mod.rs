@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, Part, SharedConn, Sink};
+use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, JobBatch, SharedConn, Sink};
 use crate::proto::commands::{CommandInfo, Flags, OTHER_ID};
 use crate::proto::reply::{self, HelloValue, Protocol};
 use crate::proto::request::{self, Request};
@@ -106,12 +106,7 @@ struct Gather {
     side: Side,
     proto: Protocol,
     conn: SharedConn,
-    /// The first command, kept as it is: a read that carried one command (no pipelining)
-    /// is sent without copying or allocating anything more.
-    first: Option<Job>,
-    /// From the second command on: every command's bytes and reply routing.
-    payload: BytesMut,
-    parts: Vec<Part>,
+    jobs: JobBatch,
     /// Routing registrations of the gathered commands, by generation parity: a cutover
     /// change waits until they are queued.
     held: [usize; 2],
@@ -124,35 +119,8 @@ const GATHER_MAX: usize = 64;
 impl Gather {
     /// Adds a command; true when the gather is full and should be sent.
     fn add(&mut self, job: Job) -> bool {
-        if self.parts.is_empty() {
-            let Some(first) = self.first.take() else {
-                self.first = Some(job);
-                return false;
-            };
-            self.payload.reserve(first.payload.len() * 16);
-            self.parts.reserve(16);
-            self.payload.extend_from_slice(&first.payload);
-            self.parts.push(Part { replies: first.replies, pick: first.pick, sink: first.sink });
-        }
-        self.payload.extend_from_slice(&job.payload);
-        self.parts.push(Part { replies: job.replies, pick: job.pick, sink: job.sink });
-        self.parts.len() >= GATHER_MAX || self.payload.len() >= 64 * 1024
-    }
-
-    /// The job carrying everything gathered (the gather itself is dropped only once that job
-    /// is queued: dropping it releases the routing registrations).
-    fn take_job(&mut self) -> Option<Job> {
-        let job = match self.first.take() {
-            Some(first) => first,
-            None if self.parts.is_empty() => return None,
-            None => {
-                let parts = std::mem::take(&mut self.parts);
-                let replies = parts.iter().map(|p| p.replies).sum();
-                let payload = std::mem::take(&mut self.payload).freeze();
-                Job { payload, replies, pick: 0, sink: Sink::Batch(parts) }
-            }
-        };
-        Some(job)
+        self.jobs.push(job);
+        self.jobs.len() >= GATHER_MAX || self.jobs.bytes() >= 64 * 1024
     }
 }
 
@@ -352,7 +320,7 @@ impl Session {
     /// Queues the gathered commands on their connection.
     async fn send_gathered(&mut self) {
         if let Some(mut gather) = self.gather.take() {
-            if let Some(job) = gather.take_job() {
+            if let Some(job) = gather.jobs.take() {
                 gather.conn.send(job).await;
             }
             // Queued: a cutover change may go ahead now.
@@ -376,9 +344,7 @@ impl Session {
                 side,
                 proto: self.proto,
                 conn,
-                first: None,
-                payload: BytesMut::new(),
-                parts: Vec::new(),
+                jobs: JobBatch::default(),
                 held: [0, 0],
                 proxy: self.owner.clone(),
             });

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::backend::{Backend, Job, Reply, Sink};
+use crate::backend::{Backend, BackendError, Job, Reply, Sink};
 use crate::mirror::journal::Journal;
 use crate::mirror::{wrap_db, Mirrors};
 use crate::proto::reply::Protocol;
@@ -237,6 +237,8 @@ impl Comparer {
         let (to, db) = (sample.serving.other(), sample.db);
         let queue = mirrors.clone();
         let judge = Box::new(move |mirror_reply: Reply| match mirror_reply {
+            // The other side's queue was full: the read never went.
+            Err(BackendError::Overloaded { .. }) => me.count(Outcome::Skipped),
             Err(_) => me.count(Outcome::Error),
             Ok(m) => match me.first_verdict(&sample, &serving_reply, &m) {
                 Verdict::Match => me.count(Outcome::Match),
@@ -271,6 +273,7 @@ impl Comparer {
         } else {
             match (rx.await, mrx.await) {
                 (Ok(Ok(s)), Ok(Ok(m))) => self.conclude(&sample, first, &s, &m),
+                (_, Ok(Err(BackendError::Overloaded { .. }))) => self.count(Outcome::Skipped),
                 _ => self.count(Outcome::Error),
             }
         }

@@ -399,7 +399,8 @@ pub enum MirrorMode {
 pub struct Mirror {
     /// `off` (default), `async` or `sync`. Needs `backends.target`.
     pub mode: MirrorMode,
-    /// Most writes queued for the target in async mode (default 100000).
+    /// Most writes in flight to the target in async mode: queued, or sent and not yet
+    /// answered (default 100000).
     pub queue_len: u32,
     /// How long sync mode waits for the target (default 200ms).
     #[serde(deserialize_with = "units::duration")]

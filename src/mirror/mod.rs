@@ -8,6 +8,11 @@
 //! applied them. A full queue or a down mirror never slows the client: the write is counted
 //! as dropped and its key journaled for repair.
 //!
+//! Effects enqueued while a backend connection's reader handles one read of replies are
+//! gathered ([`Batching`]) and queued as one job when it has handled them all: one channel
+//! message, one wake-up and one write to the mirror for a whole pipeline, instead of one per
+//! write. Sequence numbers are taken when the batch is queued, so they stay in queue order.
+//!
 //! Every enqueued write ends in exactly one of: applied, error (the mirror answered with an
 //! error), diverged (a deterministic write whose reply differs from the serving reply) or
 //! dropped (queue full, mirror down). Until then it is in flight, so
@@ -24,7 +29,7 @@ use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, BackendError, Job, Reply, SharedConn, Sink};
+use crate::backend::{Backend, BackendError, Job, JobBatch, Reply, SharedConn, Sink};
 use crate::metrics::{Metrics, Role};
 use crate::proto::commands::CommandTable;
 use crate::proto::reply;
@@ -46,6 +51,9 @@ pub struct MirrorStats {
     queued_seq: AtomicU64,
     /// Sequence number of the last op that left it (ops leave in order).
     done_seq: AtomicU64,
+    /// Jobs queued: each carries the writes (and compared reads) gathered from one read of
+    /// the serving backend's replies, so writes per job is the mirror's batch size.
+    jobs: AtomicU64,
 }
 
 /// A consistent-enough reading of the counters for status and metrics.
@@ -60,6 +68,11 @@ pub struct StatsSnapshot {
 }
 
 impl MirrorStats {
+    /// Jobs queued towards the backend since the start.
+    pub fn jobs(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         // Outcomes are read before `enqueued` so in_flight is never negative.
         let applied = self.applied.load(Ordering::Acquire);
@@ -83,13 +96,19 @@ pub enum Outcome {
 
 /// The queue of effects bound for one backend.
 pub struct MirrorQueue {
-    side: Side,
+    pub stats: Arc<MirrorStats>,
+    core: Arc<Core>,
+}
+
+/// What queueing an op needs, shared with the batches being gathered for the queue.
+struct Core {
     backend: Arc<Backend>,
     conn: SharedConn,
-    pub stats: Arc<MirrorStats>,
+    /// Most writes in flight (queued or sent and not yet answered).
+    capacity: u64,
     /// What every op's accounting callback shares (one `Arc` per op instead of one per field).
     accounts: Arc<Accounts>,
-    /// Held while an op takes its sequence number and enters the queue, so sequence order
+    /// Held while ops take their sequence numbers and enter the queue, so sequence order
     /// is queue order (a flip's drain relies on it). Never held across an await.
     order: std::sync::Mutex<()>,
 }
@@ -203,63 +222,55 @@ fn same_reply(a: &Bytes, b: &Bytes) -> bool {
 pub struct Mirrors {
     queues: [Option<MirrorQueue>; 2],
     pub scripts: Arc<ScriptCache>,
+    common: Common,
+}
+
+/// What the queues' accounting shares, kept across reloads.
+#[derive(Clone)]
+struct Common {
     commands: Arc<ArcSwap<CommandTable>>,
     journal: Option<Arc<Journal>>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl Mirrors {
-    /// Records each mirrored write's outcome and latency in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Mirrors {
-        self.metrics = Some(metrics);
-        self.share_accounts();
-        self
-    }
-
-    /// Gives each queue the accounting its ops share, from the current fields.
-    fn share_accounts(&mut self) {
-        for q in self.queues.iter_mut().flatten() {
-            q.accounts = Arc::new(Accounts {
-                side: q.side,
-                stats: q.stats.clone(),
-                journal: self.journal.clone(),
-                commands: self.commands.clone(),
-                metrics: self.metrics.clone(),
-            });
-        }
-    }
-
-    /// Builds a queue towards each backend when a target exists; none otherwise.
+    /// Builds a queue towards each backend when a target exists; none otherwise. Each
+    /// mirrored write's outcome and latency is recorded in `metrics` when given.
     pub fn new(
         source: &Arc<Backend>,
         target: Option<&Arc<Backend>>,
         queue_len: usize,
         commands: Arc<ArcSwap<CommandTable>>,
         journal: Option<Arc<Journal>>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Mirrors {
-        let queues = match target {
-            Some(target) => [
-                Some(MirrorQueue::new(Side::Source, source.clone(), queue_len, journal.clone(), commands.clone())),
-                Some(MirrorQueue::new(Side::Target, target.clone(), queue_len, journal.clone(), commands.clone())),
-            ],
-            None => [None, None],
-        };
-        Mirrors { queues, scripts: Arc::new(ScriptCache::new()), commands, journal, metrics: None }
+        let common = Common { commands, journal, metrics };
+        Mirrors::build(source, target, queue_len, common, [None, None], Arc::new(ScriptCache::new()))
     }
 
     /// New queues towards (possibly) new backends, keeping the accounting of `old` so the
     /// counters stay continuous across a reload. Ops already in the old queues finish there.
     pub fn rebuild(old: &Mirrors, source: &Arc<Backend>, target: Option<&Arc<Backend>>, queue_len: usize) -> Mirrors {
-        let mut next = Mirrors::new(source, target, queue_len, old.commands.clone(), old.journal.clone());
-        for (q, prev) in next.queues.iter_mut().zip(old.queues.iter()) {
-            if let (Some(q), Some(prev)) = (q.as_mut(), prev.as_ref()) {
-                q.stats = prev.stats.clone();
-            }
-        }
-        next.scripts = old.scripts.clone();
-        next.metrics = old.metrics.clone();
-        next.share_accounts();
-        next
+        let stats = [Side::Source, Side::Target].map(|side| old.queue(side).map(|q| q.stats.clone()));
+        Mirrors::build(source, target, queue_len, old.common.clone(), stats, old.scripts.clone())
+    }
+
+    fn build(
+        source: &Arc<Backend>,
+        target: Option<&Arc<Backend>>,
+        queue_len: usize,
+        common: Common,
+        [source_stats, target_stats]: [Option<Arc<MirrorStats>>; 2],
+        scripts: Arc<ScriptCache>,
+    ) -> Mirrors {
+        let queues = match target {
+            Some(target) => [
+                Some(MirrorQueue::new(Side::Source, source.clone(), queue_len, &common, source_stats)),
+                Some(MirrorQueue::new(Side::Target, target.clone(), queue_len, &common, target_stats)),
+            ],
+            None => [None, None],
+        };
+        Mirrors { queues, scripts, common }
     }
 
     /// The queue whose writes go to `side`.
@@ -299,7 +310,7 @@ impl Mirrors {
             }
         };
         drop(argv);
-        self.push(queue, payload, count, db, expect, cmd, smallvec![req.clone()], done);
+        queue.write(payload, count, db, expect, cmd, smallvec![req.clone()], done);
     }
 
     /// Enqueues a transaction that succeeded on the serving backend as one MULTI/EXEC block,
@@ -314,7 +325,7 @@ impl Mirrors {
     ) {
         let Some(queue) = self.queue(to) else { return };
         let Some(parts) = split_array(exec_reply) else { return };
-        let table = self.commands.load();
+        let table = self.common.commands.load();
         let mut buf = BytesMut::new();
         buf.put(reply::command(&["MULTI"]));
         let mut count = 0u32;
@@ -347,56 +358,18 @@ impl Mirrors {
         }
         buf.put(reply::command(&["EXEC"]));
         let cmd = first_cmd.unwrap_or(crate::proto::commands::OTHER_ID);
-        self.push(queue, buf.freeze(), count + 2, db, None, cmd, writes, done);
-    }
-
-    /// Wraps the payload for the client's database and queues it.
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &self,
-        queue: &MirrorQueue,
-        payload: Bytes,
-        count: u32,
-        db: u32,
-        expect: Option<Bytes>,
-        cmd: u16,
-        requests: SmallVec<[Request; 1]>,
-        done: Option<oneshot::Sender<()>>,
-    ) {
-        let (payload, replies, pick) = wrap_db(payload, count, db, queue.backend.settings().db);
-        let order = queue.order.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = queue.stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
-        let ticket =
-            Ticket { seq, accounts: queue.accounts.clone(), cmd, requests, expect, done, started: Instant::now() };
-        let job = Job { payload, replies, pick, sink: Sink::Callback(Box::new(move |r| ticket.finish(r))) };
-        let refused = match queue.conn.try_send(job) {
-            Ok(()) => {
-                queue.stats.queued_seq.fetch_max(seq, Ordering::AcqRel);
-                None
-            }
-            Err(job) => Some(job),
-        };
-        drop(order);
-        if let Some(job) = refused {
-            job.fail(&BackendError::Overloaded { backend: queue.backend.name().clone(), what: "mirror queue" });
-        }
+        queue.write(buf.freeze(), count + 2, db, None, cmd, writes, done);
     }
 
     /// Sends a read (a compared sample) through `to`'s ordered queue, behind every write
     /// mirrored before it. Not part of the write accounting. Returns false, without calling
-    /// `done`, when the queue is full.
+    /// `done`, when there is no queue towards `to`; when the queue is full, `done` is called
+    /// with [`BackendError::Overloaded`].
     pub fn enqueue_read(&self, to: Side, payload: Bytes, db: u32, done: Box<dyn FnOnce(Reply) + Send>) -> bool {
         let Some(queue) = self.queue(to) else { return false };
-        let (payload, replies, pick) = wrap_db(payload, 1, db, queue.backend.settings().db);
-        let job = Job { payload, replies, pick, sink: Sink::Callback(done) };
-        match queue.conn.try_send(job) {
-            Ok(()) => true,
-            Err(job) => {
-                // Drop the callback unrun: the caller counts the skip.
-                drop(job);
-                false
-            }
-        }
+        let (payload, replies, pick) = wrap_db(payload, 1, db, queue.core.backend.settings().db);
+        queue.core.enqueue(Staged { payload, replies, pick, op: Op::Read(done) });
+        true
     }
 
     /// Ops towards `side` that never took effect there (failed or dropped), since the start.
@@ -427,18 +400,207 @@ impl MirrorQueue {
         side: Side,
         backend: Arc<Backend>,
         capacity: usize,
-        journal: Option<Arc<Journal>>,
-        commands: Arc<ArcSwap<CommandTable>>,
+        common: &Common,
+        stats: Option<Arc<MirrorStats>>,
     ) -> MirrorQueue {
         let conn = backend.mirror_conn(capacity);
-        let stats = Arc::new(MirrorStats::default());
-        let accounts = Arc::new(Accounts { side, stats: stats.clone(), journal, commands, metrics: None });
-        MirrorQueue { side, backend, conn, stats, accounts, order: std::sync::Mutex::new(()) }
+        let stats = stats.unwrap_or_default();
+        let accounts = Arc::new(Accounts {
+            side,
+            stats: stats.clone(),
+            journal: common.journal.clone(),
+            commands: common.commands.clone(),
+            metrics: common.metrics.clone(),
+        });
+        let core = Core { backend, conn, capacity: capacity as u64, accounts, order: std::sync::Mutex::new(()) };
+        MirrorQueue { stats, core: Arc::new(core) }
     }
 
-    /// Ops waiting to be written to the mirror.
-    pub fn depth(&self) -> usize {
-        self.conn.queued()
+    /// Mirrored writes in flight: waiting in the queue or sent and not yet answered.
+    pub fn depth(&self) -> u64 {
+        self.stats.snapshot().in_flight
+    }
+
+    /// Enqueues a write of `count` commands, wrapped for the client's database `db`.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        payload: Bytes,
+        count: u32,
+        db: u32,
+        expect: Option<Bytes>,
+        cmd: u16,
+        requests: SmallVec<[Request; 1]>,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        let (payload, replies, pick) = wrap_db(payload, count, db, self.core.backend.settings().db);
+        let ticket = Ticket {
+            seq: 0,
+            accounts: self.core.accounts.clone(),
+            cmd,
+            requests,
+            expect,
+            done,
+            started: Instant::now(),
+        };
+        self.core.enqueue(Staged { payload, replies, pick, op: Op::Write(ticket) });
+    }
+}
+
+/// An op on its way into a queue: its bytes, how many replies they produce, which one
+/// answers it, and who takes that reply.
+struct Staged {
+    payload: Bytes,
+    replies: u32,
+    pick: u32,
+    op: Op,
+}
+
+enum Op {
+    /// A mirrored write, accounted for by its ticket (which takes its sequence number when
+    /// it enters the queue).
+    Write(Ticket),
+    /// A compared read.
+    Read(Box<dyn FnOnce(Reply) + Send>),
+}
+
+/// Most ops gathered into one job.
+const BATCH_MAX: usize = 256;
+
+/// Ops gathered for one queue on this thread.
+struct Gathered {
+    core: Arc<Core>,
+    ops: Vec<Staged>,
+}
+
+#[derive(Default)]
+struct Stage {
+    /// Live [`Batching`] guards on this thread.
+    depth: u32,
+    gathered: Vec<Gathered>,
+}
+
+thread_local! {
+    static STAGE: std::cell::RefCell<Stage> = std::cell::RefCell::new(Stage::default());
+}
+
+/// While one is alive, mirror ops enqueued on this thread are gathered per queue, and queued
+/// as one job per queue when the outermost one ends.
+///
+/// A backend connection's reader holds one while it hands out one read's worth of replies,
+/// which is where effects are enqueued, in the order the serving backend applied them. The
+/// guard is not `Send`, so it cannot be held across an await in a task: gathered ops wait
+/// microseconds, and nothing else can enqueue on this thread in between.
+pub struct Batching {
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl Batching {
+    pub fn start() -> Batching {
+        STAGE.with(|s| s.borrow_mut().depth += 1);
+        Batching { _thread_bound: std::marker::PhantomData }
+    }
+}
+
+impl Drop for Batching {
+    fn drop(&mut self) {
+        let gathered = STAGE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.depth -= 1;
+            if s.depth == 0 {
+                std::mem::take(&mut s.gathered)
+            } else {
+                Vec::new()
+            }
+        });
+        // Queued outside the borrow: a refused op's callback runs here.
+        for g in gathered {
+            g.core.queue(g.ops);
+        }
+    }
+}
+
+impl Core {
+    /// Queues `op` now, or with the batch gathered on this thread if one is.
+    fn enqueue(self: &Arc<Core>, op: Staged) {
+        let mut op = Some(op);
+        let full = STAGE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.depth == 0 {
+                return None;
+            }
+            let i = match s.gathered.iter().position(|g| Arc::ptr_eq(&g.core, self)) {
+                Some(i) => i,
+                None => {
+                    s.gathered.push(Gathered { core: self.clone(), ops: Vec::with_capacity(16) });
+                    s.gathered.len() - 1
+                }
+            };
+            let ops = &mut s.gathered[i].ops;
+            ops.extend(op.take());
+            (ops.len() >= BATCH_MAX).then(|| std::mem::take(ops))
+        });
+        if let Some(op) = op {
+            // Not gathering on this thread: queued on its own.
+            self.queue(std::iter::once(op));
+        } else if let Some(ops) = full {
+            self.queue(ops);
+        }
+    }
+
+    /// Gives `ops` their sequence numbers and queues them, in order: as one job when the
+    /// connection takes batches. Writes beyond the capacity, and everything when the queue
+    /// is full, are refused and accounted as dropped.
+    fn queue(&self, ops: impl IntoIterator<Item = Staged>) {
+        let stats = &self.accounts.stats;
+        let batches = self.conn.takes_batches();
+        let mut refused: Vec<Job> = Vec::new();
+        let mut batch = JobBatch::default();
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
+        let mut last_seq = 0;
+        for Staged { payload, replies, pick, op } in ops {
+            let sink = match op {
+                Op::Write(mut ticket) => {
+                    ticket.seq = stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+                    let seq = ticket.seq;
+                    let sink = Sink::Callback(Box::new(move |r| ticket.finish(r)));
+                    if room == 0 {
+                        refused.push(Job { payload, replies, pick, sink });
+                        continue;
+                    }
+                    room -= 1;
+                    last_seq = seq;
+                    sink
+                }
+                Op::Read(done) => Sink::Callback(done),
+            };
+            let job = Job { payload, replies, pick, sink };
+            if batches {
+                batch.push(job);
+            } else if let Err(job) = self.conn.try_send(job) {
+                refused.push(job);
+            } else {
+                stats.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
+                stats.jobs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(job) = batch.take() {
+            match self.conn.try_send(job) {
+                Ok(()) => {
+                    stats.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
+                    stats.jobs.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(job) => refused.push(job),
+            }
+        }
+        drop(order);
+        if !refused.is_empty() {
+            let err = BackendError::Overloaded { backend: self.backend.name().clone(), what: "mirror queue" };
+            for job in refused {
+                job.fail(&err);
+            }
+        }
     }
 }
 
