@@ -542,9 +542,10 @@ for r in rows:
         fails.setdefault(key, []).append(r["status"])
 def f(v, fmt):
     return "-" if v is None else fmt.format(v)
+W = max([22] + [len(tg) for tg in targets])
 for p in pipes:
     print(f"pipeline -P {p}")
-    hdr = (f"{'test':<7} {'target':<22} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs twemproxy':>13}"
+    hdr = (f"{'test':<7} {'target':<{W}} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs twemproxy':>13}"
            f" {'CPU us/req: redis':>18} {'proxy':>6} {'client':>6}  n")
     print(hdr)
     print("-" * len(hdr))
@@ -564,7 +565,7 @@ for p in pipes:
             if (p, t, tg) in fails:
                 note = "  failed: " + ",".join(fails[(p, t, tg)])
             cpu = [med([float(x[c]) for x in rs if x.get(c)]) for c in ("redis_cpu_us", "proxy_cpu_us", "client_cpu_us")]
-            print(f"{t:<7} {tg:<22} {f(rps, '{:.0f}'):>10} {f(p50, '{:.3f}'):>8} {f(p99, '{:.3f}'):>8} "
+            print(f"{t:<7} {tg:<{W}} {f(rps, '{:.0f}'):>10} {f(p50, '{:.3f}'):>8} {f(p99, '{:.3f}'):>8} "
                   f"{f(vd, '{:.2f}'):>10} {f(vt, '{:.2f}'):>13} {f(cpu[0], '{:.2f}'):>18} {f(cpu[1], '{:.2f}'):>6} "
                   f"{f(cpu[2], '{:.2f}'):>6}  {len(rs)}{note}")
         print()
