@@ -37,6 +37,7 @@ cargo test --benches
 # The comparison harness end to end, in miniature (seconds): direct Redis, twemproxy and the
 # debug tandem built above, mirror off and async + compare, and the RSS measurement. It exits
 # non-zero if any run fails, a tandem does not start or an idle client goes unanswered.
-TANDEM_BIN="$PWD/target/debug/tandem" RESULTS_DIR="$PWD/target/bench-smoke" IDLE_CONNS=100 \
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+TANDEM_BIN="$TARGET_DIR/debug/tandem" RESULTS_DIR="$TARGET_DIR/bench-smoke" IDLE_CONNS=100 \
   benches/compare.sh --no-build --rounds 1 --requests 2000 --tests set,get,mset --pipelines "1 16" \
   --modes off,async+compare5 --rss >/dev/null
