@@ -154,6 +154,11 @@ pub enum Sink {
     /// Several jobs sent as one (a client's pipeline gathered over one read), each written
     /// with its own bytes and answered in turn; the batch job's own payload is empty. Only for connections to one server: a cluster routes each command.
     Batch(Vec<Job>),
+    /// Takes every reply frame of the job, in order, once they have all arrived; or those
+    /// that did and the error that ended the connection before the rest. For a queue's own
+    /// batch of commands (the mirror), which accounts for each command itself: one waiter and
+    /// one callback for the whole batch. Only for connections to one server.
+    Frames(Box<dyn FnOnce(Vec<Bytes>, Option<BackendError>) + Send>),
 }
 
 impl Sink {
@@ -170,6 +175,10 @@ impl Sink {
                     part.sink.deliver(reply.clone());
                 }
             }
+            Sink::Frames(f) => match reply {
+                Ok(frame) => f(vec![frame], None),
+                Err(e) => f(Vec::new(), Some(e)),
+            },
         }
     }
 }

@@ -46,6 +46,30 @@ struct Waiter {
     skip: u32,
     sink: Sink,
     picked: Option<bytes::Bytes>,
+    /// Every frame so far, for a [`Sink::Frames`].
+    frames: Vec<bytes::Bytes>,
+}
+
+impl Waiter {
+    fn take(&mut self, frame: bytes::Bytes) {
+        self.left -= 1;
+        if matches!(self.sink, Sink::Frames(_)) {
+            self.frames.push(frame);
+        } else if self.skip == 0 && self.picked.is_none() {
+            self.picked = Some(frame);
+        } else {
+            self.skip = self.skip.saturating_sub(1);
+        }
+    }
+
+    /// Hands over what arrived: everything, or what did before `err` ended the connection.
+    fn complete(self, err: Option<BackendError>) {
+        match (self.sink, err) {
+            (Sink::Frames(f), err) => f(self.frames, err),
+            (sink, None) => sink.deliver(Ok(self.picked.unwrap_or_default())),
+            (sink, Some(err)) => sink.deliver(Err(err)),
+        }
+    }
 }
 
 struct Shared {
@@ -190,12 +214,7 @@ pub(super) async fn run(
                 let Some(front) = waiters.front_mut() else {
                     return Err(BackendError::unavailable(backend, "reply without a request (protocol desync)"));
                 };
-                front.left -= 1;
-                if front.skip == 0 && front.picked.is_none() {
-                    front.picked = Some(frame);
-                } else {
-                    front.skip = front.skip.saturating_sub(1);
-                }
+                front.take(frame);
                 if front.left == 0 {
                     if let Some(w) = waiters.pop_front() {
                         let room = waiters.len() == MAX_OUTSTANDING - 1;
@@ -203,7 +222,7 @@ pub(super) async fn run(
                         if room {
                             shared.room.notify_one();
                         }
-                        w.sink.deliver(Ok(w.picked.unwrap_or_default()));
+                        w.complete(None);
                     }
                 }
                 framed = true;
@@ -250,7 +269,7 @@ pub(super) async fn run(
         Err(err) => {
             let owed: Vec<Waiter> = shared.waiters().drain(..).collect();
             for w in owed {
-                w.sink.deliver(Err(err.clone()));
+                w.complete(Some(err.clone()));
             }
             End::Failed(err)
         }
@@ -279,9 +298,14 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
 }
 
 fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) {
+    let frames = match sink {
+        Sink::Frames(_) => Vec::with_capacity(replies as usize),
+        _ => Vec::new(),
+    };
+    let waiter = Waiter { left: replies, skip: pick, sink, picked: None, frames };
     if replies == 0 {
-        sink.deliver(Ok(bytes::Bytes::new()));
+        waiter.complete(None);
     } else {
-        waiters.push_back(Waiter { left: replies, skip: pick, sink, picked: None });
+        waiters.push_back(waiter);
     }
 }

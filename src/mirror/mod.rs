@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, BackendError, Job, JobBatch, Reply, SharedConn, Sink};
+use crate::backend::{Backend, BackendError, Job, Reply, SharedConn, Sink};
 use crate::metrics::{Metrics, Role};
 use crate::proto::commands::CommandTable;
 use crate::proto::reply;
@@ -40,20 +40,36 @@ use journal::Journal;
 use smallvec::{smallvec, SmallVec};
 
 /// Counters of one mirror queue. `in_flight` is derived, so the identity always holds.
+///
+/// Ops enter on the serving connection's thread and end on the mirror connection's, which
+/// may be another core: the two groups of counters live on cache lines of their own so
+/// neither side's updates evict the other's.
 #[derive(Default, Debug)]
 pub struct MirrorStats {
-    pub enqueued: AtomicU64,
-    pub applied: AtomicU64,
-    pub error: AtomicU64,
-    pub diverged: AtomicU64,
-    pub dropped: AtomicU64,
+    entered: Entered,
+    ended: Ended,
+}
+
+#[derive(Default, Debug)]
+#[repr(align(128))]
+struct Entered {
+    enqueued: AtomicU64,
     /// Sequence number of the last op that entered the queue.
     queued_seq: AtomicU64,
-    /// Sequence number of the last op that left it (ops leave in order).
-    done_seq: AtomicU64,
     /// Jobs queued: each carries the writes (and compared reads) gathered from one read of
     /// the serving backend's replies, so writes per job is the mirror's batch size.
     jobs: AtomicU64,
+}
+
+#[derive(Default, Debug)]
+#[repr(align(128))]
+struct Ended {
+    applied: AtomicU64,
+    error: AtomicU64,
+    diverged: AtomicU64,
+    dropped: AtomicU64,
+    /// Sequence number of the last op that left it (ops leave in order).
+    done_seq: AtomicU64,
 }
 
 /// A consistent-enough reading of the counters for status and metrics.
@@ -70,16 +86,16 @@ pub struct StatsSnapshot {
 impl MirrorStats {
     /// Jobs queued towards the backend since the start.
     pub fn jobs(&self) -> u64 {
-        self.jobs.load(Ordering::Relaxed)
+        self.entered.jobs.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         // Outcomes are read before `enqueued` so in_flight is never negative.
-        let applied = self.applied.load(Ordering::Acquire);
-        let error = self.error.load(Ordering::Acquire);
-        let diverged = self.diverged.load(Ordering::Acquire);
-        let dropped = self.dropped.load(Ordering::Acquire);
-        let enqueued = self.enqueued.load(Ordering::Acquire);
+        let applied = self.ended.applied.load(Ordering::Acquire);
+        let error = self.ended.error.load(Ordering::Acquire);
+        let diverged = self.ended.diverged.load(Ordering::Acquire);
+        let dropped = self.ended.dropped.load(Ordering::Acquire);
+        let enqueued = self.entered.enqueued.load(Ordering::Acquire);
         let done = applied + error + diverged + dropped;
         StatsSnapshot { enqueued, applied, error, diverged, dropped, in_flight: enqueued.saturating_sub(done) }
     }
@@ -116,16 +132,16 @@ struct Core {
 /// What the accounting of every op of one queue needs.
 struct Accounts {
     side: Side,
+    backend: Arc<str>,
     stats: Arc<MirrorStats>,
     journal: Option<Arc<Journal>>,
     commands: Arc<ArcSwap<CommandTable>>,
     metrics: Option<Arc<Metrics>>,
 }
 
-/// What the accounting callback needs to know about one mirrored op.
+/// What the accounting needs to know about one mirrored op.
 struct Ticket {
     seq: u64,
-    accounts: Arc<Accounts>,
     /// The command's metrics id ([`crate::proto::commands::CommandInfo::id`]).
     cmd: u16,
     /// The client's requests, kept to name the keys if the op fails.
@@ -133,11 +149,11 @@ struct Ticket {
     /// The serving backend's reply, when the mirror's must match it.
     expect: Option<Bytes>,
     done: Option<oneshot::Sender<()>>,
-    started: Instant,
 }
 
 impl Ticket {
-    fn finish(self, reply: Reply) {
+    /// Accounts for the op's `reply`, which came `elapsed` after the op was queued.
+    fn finish(self, acc: &Accounts, reply: Reply, elapsed: Duration) {
         let (outcome, reason) = match &reply {
             Ok(frame) if reply::is_error(frame) => (Outcome::Error, error_text(frame)),
             Ok(frame) => match &self.expect {
@@ -148,35 +164,33 @@ impl Ticket {
             },
             Err(e) => (Outcome::Dropped, e.to_string()),
         };
-        let acc = &self.accounts;
         let counter = match outcome {
-            Outcome::Applied => &acc.stats.applied,
-            Outcome::Error => &acc.stats.error,
-            Outcome::Diverged => &acc.stats.diverged,
-            Outcome::Dropped => &acc.stats.dropped,
+            Outcome::Applied => &acc.stats.ended.applied,
+            Outcome::Error => &acc.stats.ended.error,
+            Outcome::Diverged => &acc.stats.ended.diverged,
+            Outcome::Dropped => &acc.stats.ended.dropped,
         };
         // Ops that reached the queue leave it in order; one refused at the door never entered.
         if !matches!(reply, Err(BackendError::Overloaded { .. })) {
-            acc.stats.done_seq.fetch_max(self.seq, Ordering::AcqRel);
+            acc.stats.ended.done_seq.fetch_max(self.seq, Ordering::AcqRel);
         }
         counter.fetch_add(1, Ordering::AcqRel);
         if outcome != Outcome::Applied {
-            self.journal_keys(outcome, &reason);
+            self.journal_keys(acc, outcome, &reason);
         }
         if let Some(metrics) = &acc.metrics {
-            metrics.record(self.cmd, acc.side, Role::Mirror, outcome != Outcome::Applied, self.started.elapsed());
+            metrics.record(self.cmd, acc.side, Role::Mirror, outcome != Outcome::Applied, elapsed);
         }
         drop(self.done);
     }
 
-    fn journal_keys(&self, outcome: Outcome, reason: &str) {
+    fn journal_keys(&self, acc: &Accounts, outcome: Outcome, reason: &str) {
         let what = match outcome {
             Outcome::Error => "error",
             Outcome::Diverged => "diverged",
             Outcome::Dropped => "dropped",
             Outcome::Applied => return,
         };
-        let acc = &self.accounts;
         tracing::debug!(backend = acc.side.name(), outcome = what, reason, "mirrored write not applied");
         let Some(journal) = &acc.journal else { return };
         let table = acc.commands.load();
@@ -374,17 +388,18 @@ impl Mirrors {
 
     /// Ops towards `side` that never took effect there (failed or dropped), since the start.
     pub fn lost(&self, side: Side) -> u64 {
-        self.queue(side).map_or(0, |q| q.stats.error.load(Ordering::Acquire) + q.stats.dropped.load(Ordering::Acquire))
+        self.queue(side)
+            .map_or(0, |q| q.stats.ended.error.load(Ordering::Acquire) + q.stats.ended.dropped.load(Ordering::Acquire))
     }
 
     /// Waits until every op that entered `side`'s queue before this call has left it, or
     /// `limit` passes. Returns false on timeout.
     pub async fn drain(&self, side: Side, limit: Duration) -> bool {
         let Some(queue) = self.queue(side) else { return true };
-        let target = queue.stats.queued_seq.load(Ordering::Acquire);
+        let target = queue.stats.entered.queued_seq.load(Ordering::Acquire);
         let deadline = Instant::now() + limit;
         loop {
-            if queue.stats.done_seq.load(Ordering::Acquire) >= target {
+            if queue.stats.ended.done_seq.load(Ordering::Acquire) >= target {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -407,6 +422,7 @@ impl MirrorQueue {
         let stats = stats.unwrap_or_default();
         let accounts = Arc::new(Accounts {
             side,
+            backend: backend.name().clone(),
             stats: stats.clone(),
             journal: common.journal.clone(),
             commands: common.commands.clone(),
@@ -434,15 +450,7 @@ impl MirrorQueue {
         done: Option<oneshot::Sender<()>>,
     ) {
         let (payload, replies, pick) = wrap_db(payload, count, db, self.core.backend.settings().db);
-        let ticket = Ticket {
-            seq: 0,
-            accounts: self.core.accounts.clone(),
-            cmd,
-            requests,
-            expect,
-            done,
-            started: Instant::now(),
-        };
+        let ticket = Ticket { seq: 0, cmd, requests, expect, done };
         self.core.enqueue(Staged { payload, replies, pick, op: Op::Write(ticket) });
     }
 }
@@ -549,47 +557,51 @@ impl Core {
     }
 
     /// Gives `ops` their sequence numbers and queues them, in order: as one job when the
-    /// connection takes batches. Writes beyond the capacity, and everything when the queue
-    /// is full, are refused and accounted as dropped.
+    /// connection takes batches, answered to one callback that accounts for each op. Writes
+    /// beyond the capacity, and everything when the queue is full, are refused and accounted
+    /// as dropped.
     fn queue(&self, ops: impl IntoIterator<Item = Staged>) {
         let stats = &self.accounts.stats;
         let batches = self.conn.takes_batches();
+        let queued_at = Instant::now();
         let mut refused: Vec<Job> = Vec::new();
-        let mut batch = JobBatch::default();
+        let mut payload = BytesMut::new();
+        let mut answers: Vec<Answer> = Vec::new();
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
         let mut last_seq = 0;
-        for Staged { payload, replies, pick, op } in ops {
-            let sink = match op {
-                Op::Write(mut ticket) => {
-                    ticket.seq = stats.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
-                    let seq = ticket.seq;
-                    let sink = Sink::Callback(Box::new(move |r| ticket.finish(r)));
-                    if room == 0 {
-                        refused.push(Job { payload, replies, pick, sink });
-                        continue;
-                    }
-                    room -= 1;
-                    last_seq = seq;
-                    sink
+        for Staged { payload: bytes, replies, pick, mut op } in ops {
+            if let Op::Write(ticket) = &mut op {
+                ticket.seq = stats.entered.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+                if room == 0 {
+                    refused.push(Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) });
+                    continue;
                 }
-                Op::Read(done) => Sink::Callback(done),
-            };
-            let job = Job { payload, replies, pick, sink };
+                room -= 1;
+                last_seq = ticket.seq;
+            }
             if batches {
-                batch.push(job);
-            } else if let Err(job) = self.conn.try_send(job) {
-                refused.push(job);
+                payload.extend_from_slice(&bytes);
+                answers.push(Answer { replies, pick, op });
             } else {
-                stats.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
-                stats.jobs.fetch_add(1, Ordering::Relaxed);
+                let job = Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) };
+                match self.conn.try_send(job) {
+                    Ok(()) => {
+                        stats.entered.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
+                        stats.entered.jobs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(job) => refused.push(job),
+                }
             }
         }
-        if let Some(job) = batch.take() {
-            match self.conn.try_send(job) {
+        if !answers.is_empty() {
+            let replies = answers.iter().map(|a| a.replies).sum();
+            let accounts = self.accounts.clone();
+            let sink = Sink::Frames(Box::new(move |frames, err| answer(&accounts, answers, frames, err, queued_at)));
+            match self.conn.try_send(Job { payload: payload.freeze(), replies, pick: 0, sink }) {
                 Ok(()) => {
-                    stats.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
-                    stats.jobs.fetch_add(1, Ordering::Relaxed);
+                    stats.entered.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
+                    stats.entered.jobs.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(job) => refused.push(job),
             }
@@ -600,6 +612,51 @@ impl Core {
             for job in refused {
                 job.fail(&err);
             }
+        }
+    }
+
+    /// Where the reply of one op queued on its own goes.
+    fn sink(&self, op: Op, queued_at: Instant) -> Sink {
+        match op {
+            Op::Write(ticket) => {
+                let accounts = self.accounts.clone();
+                Sink::Callback(Box::new(move |r| ticket.finish(&accounts, r, queued_at.elapsed())))
+            }
+            Op::Read(done) => Sink::Callback(done),
+        }
+    }
+}
+
+/// One op of a batch job: how many of the job's reply frames are its own, which of them
+/// answers it, and who takes that answer.
+struct Answer {
+    replies: u32,
+    pick: u32,
+    op: Op,
+}
+
+/// Hands each op of a batch its answer from the batch's reply `frames`, in order. Ops whose
+/// frames did not all arrive get `err` (the connection failed, or the job was refused).
+fn answer(acc: &Accounts, answers: Vec<Answer>, frames: Vec<Bytes>, err: Option<BackendError>, queued_at: Instant) {
+    let elapsed = queued_at.elapsed();
+    let mut frames = frames.into_iter();
+    for Answer { replies, pick, op } in answers {
+        let mut got = 0;
+        let mut picked = None;
+        for frame in frames.by_ref().take(replies as usize) {
+            if got == pick {
+                picked = Some(frame);
+            }
+            got += 1;
+        }
+        let reply = match (got == replies, &err) {
+            (true, _) => Ok(picked.unwrap_or_default()),
+            (false, Some(e)) => Err(e.clone()),
+            (false, None) => Err(BackendError::unavailable(&acc.backend, "reply missing from a batch")),
+        };
+        match op {
+            Op::Write(ticket) => ticket.finish(acc, reply, elapsed),
+            Op::Read(done) => done(reply),
         }
     }
 }
@@ -651,6 +708,69 @@ mod tests {
         assert_eq!(&parts[2][..], b"*1\r\n$1\r\na\r\n");
         assert!(split_array(&Bytes::from_static(b"*-1\r\n")).is_none());
         assert!(split_array(&Bytes::from_static(b"-EXECABORT x\r\n")).is_none());
+    }
+
+    fn accounts() -> Accounts {
+        Accounts {
+            side: Side::Target,
+            backend: Arc::from("target"),
+            stats: Arc::new(MirrorStats::default()),
+            journal: None,
+            commands: Arc::new(ArcSwap::from_pointee(CommandTable::builtin())),
+            metrics: None,
+        }
+    }
+
+    fn write(seq: u64, replies: u32, pick: u32, expect: &'static [u8]) -> Answer {
+        let ticket = Ticket {
+            seq,
+            cmd: crate::proto::commands::OTHER_ID,
+            requests: SmallVec::new(),
+            expect: Some(Bytes::from_static(expect)),
+            done: None,
+        };
+        Answer { replies, pick, op: Op::Write(ticket) }
+    }
+
+    fn frames(list: &[&'static [u8]]) -> Vec<Bytes> {
+        list.iter().map(|f| Bytes::from_static(f)).collect()
+    }
+
+    #[test]
+    fn a_batch_answers_each_op_with_its_own_frame() {
+        let acc = accounts();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let read = Answer { replies: 1, pick: 0, op: Op::Read(Box::new(move |r| tx.send(r).unwrap())) };
+        // The second write ran in another database: SELECT n, the write, SELECT 0.
+        let ops = vec![write(1, 1, 0, b":1\r\n"), write(2, 3, 1, b":7\r\n"), read];
+        let all = frames(&[b":1\r\n", b"+OK\r\n", b":7\r\n", b"+OK\r\n", b"$1\r\nv\r\n"]);
+        answer(&acc, ops, all, None, Instant::now());
+        let s = acc.stats.snapshot();
+        assert_eq!((s.applied, s.diverged, s.dropped), (2, 0, 0), "{s:?}");
+        assert_eq!(acc.stats.ended.done_seq.load(Ordering::Acquire), 2);
+        assert_eq!(&rx.try_recv().unwrap().unwrap()[..], b"$1\r\nv\r\n");
+    }
+
+    #[test]
+    fn ops_whose_frames_never_came_get_the_connection_error() {
+        let acc = accounts();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let read = Answer { replies: 1, pick: 0, op: Op::Read(Box::new(move |r| tx.send(r).unwrap())) };
+        let ops = vec![write(1, 1, 0, b":1\r\n"), write(2, 1, 0, b":2\r\n"), read];
+        let err = BackendError::unavailable(&Arc::from("target"), "connection closed by backend");
+        answer(&acc, ops, frames(&[b":1\r\n"]), Some(err), Instant::now());
+        let s = acc.stats.snapshot();
+        assert_eq!((s.applied, s.dropped), (1, 1), "{s:?}");
+        // Both entered the queue, so both have left it.
+        assert_eq!(acc.stats.ended.done_seq.load(Ordering::Acquire), 2);
+        assert!(rx.try_recv().unwrap().is_err());
+
+        // A batch refused at the door: nothing entered, nothing left.
+        let acc = accounts();
+        let refused = BackendError::Overloaded { backend: Arc::from("target"), what: "mirror queue" };
+        answer(&acc, vec![write(1, 1, 0, b":1\r\n")], Vec::new(), Some(refused), Instant::now());
+        assert_eq!(acc.stats.snapshot().dropped, 1);
+        assert_eq!(acc.stats.ended.done_seq.load(Ordering::Acquire), 0);
     }
 
     #[test]
