@@ -165,9 +165,7 @@ impl Sink {
     fn deliver(self, reply: Reply) {
         match self {
             // The receiver may have gone (client disconnected): nothing to do then.
-            Sink::Reply(tx) => {
-                let _ = tx.send(reply);
-            }
+            Sink::Reply(tx) => crate::mirror::release(tx, reply),
             Sink::Callback(f) => f(reply),
             Sink::Discard => {}
             Sink::Batch(parts) => {

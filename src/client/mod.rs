@@ -625,7 +625,7 @@ impl Session {
         let sink = match also {
             // The backend's own secrets (requirepass, masterauth) must not reach clients.
             Also::Nothing if cmd == config_get_id() => Sink::Callback(Box::new(move |reply| {
-                let _ = client_tx.send(reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
+                crate::mirror::release(client_tx, reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
             })),
             Also::Nothing => Sink::Reply(client_tx),
             Also::Mirror { sync } => {
@@ -642,7 +642,7 @@ impl Session {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
                     }
-                    let _ = client_tx.send(reply);
+                    crate::mirror::release(client_tx, reply);
                 }))
             }
             Also::Compare(sample) => {
@@ -654,7 +654,7 @@ impl Session {
                         Ok(frame) => comparer.start(mirrors, serving, sample, frame.clone()),
                         Err(_) => comparer.count(crate::compare::Outcome::Error),
                     }
-                    let _ = client_tx.send(reply);
+                    crate::mirror::release(client_tx, reply);
                 }))
             }
         };
@@ -740,7 +740,7 @@ impl Session {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_effect(side.other(), cmd, &sub, frame, db, done);
                     }
-                    let _ = tx.send(reply);
+                    crate::mirror::release(tx, reply);
                 }))
             } else {
                 Sink::Reply(tx)
@@ -863,7 +863,7 @@ impl Session {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
                     }
-                    let _ = client_tx.send(reply);
+                    crate::mirror::release(client_tx, reply);
                 }))
             }
         };

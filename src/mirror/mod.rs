@@ -486,6 +486,8 @@ struct Stage {
     /// Live [`Batching`] guards on this thread.
     depth: u32,
     gathered: Vec<Gathered>,
+    /// Replies held back until the gathered ops are queued (see [`release`]).
+    held: Vec<(oneshot::Sender<Reply>, Reply)>,
 }
 
 thread_local! {
@@ -512,19 +514,44 @@ impl Batching {
 
 impl Drop for Batching {
     fn drop(&mut self) {
-        let gathered = STAGE.with(|s| {
+        let (gathered, held) = STAGE.with(|s| {
             let mut s = s.borrow_mut();
             s.depth -= 1;
             if s.depth == 0 {
-                std::mem::take(&mut s.gathered)
+                (std::mem::take(&mut s.gathered), std::mem::take(&mut s.held))
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         });
         // Queued outside the borrow: a refused op's callback runs here.
         for g in gathered {
             g.core.queue(g.ops);
         }
+        for (tx, reply) in held {
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+/// Sends `reply` to whoever waits on `tx`: at once, or, while this thread gathers mirror ops,
+/// right after they are queued.
+///
+/// Without this a client could hear that its write was done, and act on it (write the same
+/// key through another connection, or let a cutover's fence through), before the write's
+/// effect entered its mirror queue: the mirror would then apply the two writes in the wrong
+/// order, or a flip's drain would not wait for it. Every reply delivered by a backend
+/// connection goes through here.
+pub fn release(tx: oneshot::Sender<Reply>, reply: Reply) {
+    let held = STAGE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.depth == 0 {
+            return Some((tx, reply));
+        }
+        s.held.push((tx, reply));
+        None
+    });
+    if let Some((tx, reply)) = held {
+        let _ = tx.send(reply);
     }
 }
 
@@ -771,6 +798,40 @@ mod tests {
         answer(&acc, vec![write(1, 1, 0, b":1\r\n")], Vec::new(), Some(refused), Instant::now());
         assert_eq!(acc.stats.snapshot().dropped, 1);
         assert_eq!(acc.stats.ended.done_seq.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn replies_wait_until_the_mirror_ops_gathered_before_them_are_queued() {
+        let yaml = "backends:\n  source:\n    url: redis://127.0.0.1:1\n  target:\n    url: redis://127.0.0.1:2\n";
+        let config = crate::config::Config::from_yaml_str(yaml).expect("config");
+        let backend = |name, b| Backend::new(crate::control::backend_settings(name, b));
+        let source = backend("source", &config.backends.source);
+        let target = backend("target", config.backends.target.as_ref().expect("target"));
+        let commands = Arc::new(ArcSwap::from_pointee(CommandTable::builtin()));
+        let mirrors = Mirrors::new(&source, Some(&target), 100, commands, None, None);
+        let queue = mirrors.queue(Side::Target).expect("queue");
+        let mut buf = bytes::BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"[..]);
+        let limits = crate::proto::request::Limits { max_bulk_len: 1024, max_array_len: 16 };
+        let req = crate::proto::request::parse(&mut buf, &limits).expect("parse").expect("a request");
+        let set = crate::proto::commands::CommandTable::builtin().lookup(&req.argv()).expect("set").id;
+        let (tx, mut rx) = oneshot::channel();
+
+        let batching = Batching::start();
+        mirrors.enqueue_effect(Side::Target, set, &req, &Bytes::from_static(b"+OK\r\n"), 0, None);
+        release(tx, Ok(Bytes::from_static(b"+OK\r\n")));
+        assert!(rx.try_recv().is_err(), "the reply left before its write was queued");
+        assert_eq!(queue.stats.snapshot().enqueued, 0, "gathered, not queued yet");
+        drop(batching);
+        assert_eq!(queue.stats.snapshot().enqueued, 1);
+        assert_eq!(queue.stats.entered.queued_seq.load(Ordering::Acquire), 1, "queued before the reply left");
+        assert_eq!(&rx.try_recv().expect("released").expect("ok")[..], b"+OK\r\n");
+
+        // Outside a batch, both go at once.
+        let (tx, mut rx) = oneshot::channel();
+        mirrors.enqueue_effect(Side::Target, set, &req, &Bytes::from_static(b"+OK\r\n"), 0, None);
+        assert_eq!(queue.stats.snapshot().enqueued, 2);
+        release(tx, Ok(Bytes::from_static(b"+OK\r\n")));
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]
