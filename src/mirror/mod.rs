@@ -527,9 +527,20 @@ impl Drop for Batching {
         for g in gathered {
             g.core.queue(g.ops);
         }
-        for (tx, reply) in held {
+        if held.capacity() == 0 {
+            return;
+        }
+        let mut held = held;
+        for (tx, reply) in held.drain(..) {
             let _ = tx.send(reply);
         }
+        // The buffer goes back for the next batch, so replies are not reallocated per read.
+        STAGE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.held.capacity() == 0 && held.capacity() <= 1024 {
+                s.held = held;
+            }
+        });
     }
 }
 
@@ -544,7 +555,8 @@ impl Drop for Batching {
 pub fn release(tx: oneshot::Sender<Reply>, reply: Reply) {
     let held = STAGE.with(|s| {
         let mut s = s.borrow_mut();
-        if s.depth == 0 {
+        // Nothing gathered yet: everything this reply could depend on is queued already.
+        if s.depth == 0 || s.gathered.is_empty() {
             return Some((tx, reply));
         }
         s.held.push((tx, reply));
