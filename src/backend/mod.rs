@@ -157,7 +157,9 @@ pub enum Sink {
     /// Takes every reply frame of the job, in order, once they have all arrived; or those
     /// that did and the error that ended the connection before the rest. For a queue's own
     /// batch of commands (the mirror), which accounts for each command itself: one waiter and
-    /// one callback for the whole batch. Only for connections to one server.
+    /// one callback for the whole batch. Only for connections to one server, whose pipeline
+    /// hands it every frame: delivered any other way ([`Sink::deliver`]) it gets a single
+    /// frame, which only answers a one-command job.
     Frames(Box<dyn FnOnce(Vec<Bytes>, Option<BackendError>) + Send>),
 }
 

@@ -25,7 +25,9 @@ use crate::proto::reply::frame_len;
 /// Stop filling a write batch past this many bytes.
 const MAX_BATCH: usize = 256 * 1024;
 
-/// Most requests one connection has written and not yet had answered. Beyond it the writer
+/// Most jobs one connection has written and not yet had answered (a client's gathered
+/// pipeline counts per command; a mirror batch, [`Sink::Frames`], counts once: the mirror's
+/// writes are bounded by `mirror.queue_len` instead). Beyond it the writer
 /// stops taking jobs, so a backend that accepts bytes but never answers (a blackhole, a
 /// stalled server) backs work up into the bounded queues in front of the connection, where it
 /// is refused or dropped and counted, instead of piling up in memory until the silence

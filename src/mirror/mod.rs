@@ -475,10 +475,15 @@ enum Op {
 /// Most ops gathered into one job.
 const BATCH_MAX: usize = 256;
 
+/// Bytes gathered for one queue before they are queued (they are copied into one buffer
+/// under the queue's order lock, so a batch of large writes is cut short).
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// Ops gathered for one queue on this thread.
 struct Gathered {
     core: Arc<Core>,
     ops: Vec<Staged>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -553,16 +558,15 @@ impl Drop for Batching {
 /// order, or a flip's drain would not wait for it. Every reply delivered by a backend
 /// connection goes through here.
 pub fn release(tx: oneshot::Sender<Reply>, reply: Reply) {
-    let held = STAGE.with(|s| {
+    let mut now = Some((tx, reply));
+    let _ = STAGE.try_with(|s| {
         let mut s = s.borrow_mut();
         // Nothing gathered yet: everything this reply could depend on is queued already.
-        if s.depth == 0 || s.gathered.is_empty() {
-            return Some((tx, reply));
+        if s.depth > 0 && !s.gathered.is_empty() {
+            s.held.extend(now.take());
         }
-        s.held.push((tx, reply));
-        None
     });
-    if let Some((tx, reply)) = held {
+    if let Some((tx, reply)) = now {
         let _ = tx.send(reply);
     }
 }
@@ -571,7 +575,8 @@ impl Core {
     /// Queues `op` now, or with the batch gathered on this thread if one is.
     fn enqueue(self: &Arc<Core>, op: Staged) {
         let mut op = Some(op);
-        let full = STAGE.with(|s| {
+        // (`try_with`: while the thread's locals are torn down, nothing is gathered.)
+        let full = STAGE.try_with(|s| {
             let mut s = s.borrow_mut();
             if s.depth == 0 {
                 return None;
@@ -579,14 +584,21 @@ impl Core {
             let i = match s.gathered.iter().position(|g| Arc::ptr_eq(&g.core, self)) {
                 Some(i) => i,
                 None => {
-                    s.gathered.push(Gathered { core: self.clone(), ops: Vec::with_capacity(16) });
+                    s.gathered.push(Gathered { core: self.clone(), ops: Vec::with_capacity(16), bytes: 0 });
                     s.gathered.len() - 1
                 }
             };
-            let ops = &mut s.gathered[i].ops;
-            ops.extend(op.take());
-            (ops.len() >= BATCH_MAX).then(|| std::mem::take(ops))
+            let g = &mut s.gathered[i];
+            let op = op.take()?;
+            g.bytes += op.payload.len();
+            g.ops.push(op);
+            if g.ops.len() < BATCH_MAX && g.bytes < BATCH_BYTES {
+                return None;
+            }
+            g.bytes = 0;
+            Some(std::mem::take(&mut g.ops))
         });
+        let full = full.ok().flatten();
         if let Some(op) = op {
             // Not gathering on this thread: queued on its own.
             self.queue(std::iter::once(op));
@@ -610,6 +622,8 @@ impl Core {
         let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
         let mut last_seq = 0;
         for Staged { payload: bytes, replies, pick, mut op } in ops {
+            // The op's sequence number; 0 for a read, which is not part of the accounting.
+            let mut seq = 0;
             if let Op::Write(ticket) = &mut op {
                 ticket.seq = stats.entered.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
                 if room == 0 {
@@ -617,16 +631,19 @@ impl Core {
                     continue;
                 }
                 room -= 1;
-                last_seq = ticket.seq;
+                seq = ticket.seq;
             }
             if batches {
+                last_seq = last_seq.max(seq);
                 payload.extend_from_slice(&bytes);
                 answers.push(Answer { replies, pick, op });
             } else {
                 let job = Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) };
                 match self.conn.try_send(job) {
+                    // Only an op that entered the queue may be waited for (a refused one never
+                    // leaves it: a drain waiting for it would wait in vain).
                     Ok(()) => {
-                        stats.entered.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
+                        stats.entered.queued_seq.fetch_max(seq, Ordering::AcqRel);
                         stats.entered.jobs.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(job) => refused.push(job),
