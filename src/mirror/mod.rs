@@ -788,6 +788,12 @@ mod tests {
         Answer { replies, pick, op: Op::Write(ticket) }
     }
 
+    /// A compared read's answer slot, and where its reply shows up.
+    fn read() -> (Answer, std::sync::mpsc::Receiver<Reply>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Answer { replies: 1, pick: 0, op: Op::Read(Box::new(move |r| tx.send(r).unwrap())) }, rx)
+    }
+
     fn frames(list: &[&'static [u8]]) -> Vec<Bytes> {
         list.iter().map(|f| Bytes::from_static(f)).collect()
     }
@@ -795,8 +801,7 @@ mod tests {
     #[test]
     fn a_batch_answers_each_op_with_its_own_frame() {
         let acc = accounts();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let read = Answer { replies: 1, pick: 0, op: Op::Read(Box::new(move |r| tx.send(r).unwrap())) };
+        let (read, rx) = read();
         // The second write ran in another database: SELECT n, the write, SELECT 0.
         let ops = vec![write(1, 1, 0, b":1\r\n"), write(2, 3, 1, b":7\r\n"), read];
         let all = frames(&[b":1\r\n", b"+OK\r\n", b":7\r\n", b"+OK\r\n", b"$1\r\nv\r\n"]);
@@ -810,8 +815,7 @@ mod tests {
     #[test]
     fn ops_whose_frames_never_came_get_the_connection_error() {
         let acc = accounts();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let read = Answer { replies: 1, pick: 0, op: Op::Read(Box::new(move |r| tx.send(r).unwrap())) };
+        let (read, rx) = read();
         let ops = vec![write(1, 1, 0, b":1\r\n"), write(2, 1, 0, b":2\r\n"), read];
         let err = BackendError::unavailable(&Arc::from("target"), "connection closed by backend");
         answer(&acc, ops, frames(&[b":1\r\n"]), Some(err), Instant::now());
