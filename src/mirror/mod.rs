@@ -530,7 +530,7 @@ impl Drop for Batching {
         });
         // Queued outside the borrow: a refused op's callback runs here.
         for g in gathered {
-            g.core.queue(g.ops);
+            g.core.queue(g.ops, g.bytes);
         }
         if held.capacity() == 0 {
             return;
@@ -595,28 +595,31 @@ impl Core {
             if g.ops.len() < BATCH_MAX && g.bytes < BATCH_BYTES {
                 return None;
             }
-            g.bytes = 0;
-            Some(std::mem::take(&mut g.ops))
+            Some((std::mem::take(&mut g.ops), std::mem::take(&mut g.bytes)))
         });
         let full = full.ok().flatten();
         if let Some(op) = op {
             // Not gathering on this thread: queued on its own.
-            self.queue(std::iter::once(op));
-        } else if let Some(ops) = full {
-            self.queue(ops);
+            let bytes = op.payload.len();
+            self.queue(std::iter::once(op), bytes);
+        } else if let Some((ops, bytes)) = full {
+            self.queue(ops, bytes);
         }
     }
 
     /// Gives `ops` their sequence numbers and queues them, in order: as one job when the
     /// connection takes batches, answered to one callback that accounts for each op. Writes
     /// beyond the capacity, and everything when the queue is full, are refused and accounted
-    /// as dropped.
-    fn queue(&self, ops: impl IntoIterator<Item = Staged>) {
+    /// as dropped. `bytes` is the size of their payloads.
+    fn queue(&self, ops: impl IntoIterator<Item = Staged>, bytes: usize) {
+        let hint = bytes;
         let stats = &self.accounts.stats;
         let batches = self.conn.takes_batches();
         let queued_at = Instant::now();
         let mut refused: Vec<Job> = Vec::new();
-        let mut payload = BytesMut::new();
+        // A lone op's bytes go as they are; several are joined into one buffer.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
         let mut answers: Vec<Answer> = Vec::new();
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
@@ -635,7 +638,15 @@ impl Core {
             }
             if batches {
                 last_seq = last_seq.max(seq);
-                payload.extend_from_slice(&bytes);
+                if answers.is_empty() {
+                    first = Some(bytes);
+                } else {
+                    if let Some(first) = first.take() {
+                        joined.reserve(hint);
+                        joined.extend_from_slice(&first);
+                    }
+                    joined.extend_from_slice(&bytes);
+                }
                 answers.push(Answer { replies, pick, op });
             } else {
                 let job = Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) };
@@ -654,7 +665,8 @@ impl Core {
             let replies = answers.iter().map(|a| a.replies).sum();
             let accounts = self.accounts.clone();
             let sink = Sink::Frames(Box::new(move |frames, err| answer(&accounts, answers, frames, err, queued_at)));
-            match self.conn.try_send(Job { payload: payload.freeze(), replies, pick: 0, sink }) {
+            let payload = first.unwrap_or_else(|| joined.freeze());
+            match self.conn.try_send(Job { payload, replies, pick: 0, sink }) {
                 Ok(()) => {
                     stats.entered.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
                     stats.entered.jobs.fetch_add(1, Ordering::Relaxed);
