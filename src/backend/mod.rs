@@ -157,11 +157,15 @@ pub enum Sink {
     /// Takes every reply frame of the job, in order, once they have all arrived; or those
     /// that did and the error that ended the connection before the rest. For a queue's own
     /// batch of commands (the mirror), which accounts for each command itself: one waiter and
-    /// one callback for the whole batch. Only for connections to one server, whose pipeline
-    /// hands it every frame: delivered any other way ([`Sink::deliver`]) it gets a single
-    /// frame, which only answers a one-command job.
-    Frames(Box<dyn FnOnce(Vec<Bytes>, Option<BackendError>) + Send>),
+    /// one callback for the whole batch. The batch's commands are the chunks, written after
+    /// the job's payload without being joined first. Only for connections to one server, whose
+    /// pipeline hands it every frame: delivered any other way ([`Sink::deliver`]) it gets a
+    /// single frame, which only answers a one-command job.
+    Frames(Vec<Bytes>, FramesFn),
 }
+
+/// What a [`Sink::Frames`] calls with the frames and, if the rest never came, why.
+pub type FramesFn = Box<dyn FnOnce(Vec<Bytes>, Option<BackendError>) + Send>;
 
 impl Sink {
     fn deliver(self, reply: Reply) {
@@ -175,7 +179,7 @@ impl Sink {
                     part.sink.deliver(reply.clone());
                 }
             }
-            Sink::Frames(f) => match reply {
+            Sink::Frames(_, f) => match reply {
                 Ok(frame) => f(vec![frame], None),
                 Err(e) => f(Vec::new(), Some(e)),
             },

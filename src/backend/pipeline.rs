@@ -55,7 +55,7 @@ struct Waiter {
 impl Waiter {
     fn take(&mut self, frame: bytes::Bytes) {
         self.left -= 1;
-        if matches!(self.sink, Sink::Frames(_)) {
+        if matches!(self.sink, Sink::Frames(..)) {
             self.frames.push(frame);
         } else if self.skip == 0 && self.picked.is_none() {
             self.picked = Some(frame);
@@ -67,7 +67,7 @@ impl Waiter {
     /// Hands over what arrived: everything, or what did before `err` ended the connection.
     fn complete(self, err: Option<BackendError>) {
         match (self.sink, err) {
-            (Sink::Frames(f), err) => f(self.frames, err),
+            (Sink::Frames(_, f), err) => f(self.frames, err),
             (sink, None) => sink.deliver(Ok(self.picked.unwrap_or_default())),
             (sink, Some(err)) => sink.deliver(Err(err)),
         }
@@ -294,6 +294,12 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
                 wait_for(&mut waiters, job.replies, job.pick, job.sink);
             }
         }
+        Sink::Frames(chunks, f) => {
+            for chunk in &chunks {
+                out.extend_from_slice(chunk);
+            }
+            wait_for(&mut waiters, job.replies, job.pick, Sink::Frames(Vec::new(), f));
+        }
         sink => wait_for(&mut waiters, job.replies, job.pick, sink),
     }
     weight
@@ -301,7 +307,7 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
 
 fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) {
     let frames = match sink {
-        Sink::Frames(_) => Vec::with_capacity(replies as usize),
+        Sink::Frames(..) => Vec::with_capacity(replies as usize),
         _ => Vec::new(),
     };
     let waiter = Waiter { left: replies, skip: pick, sink, picked: None, frames };

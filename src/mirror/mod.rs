@@ -475,8 +475,8 @@ enum Op {
 /// Most ops gathered into one job.
 const BATCH_MAX: usize = 256;
 
-/// Bytes gathered for one queue before they are queued (they are copied into one buffer
-/// under the queue's order lock, so a batch of large writes is cut short).
+/// Bytes gathered for one queue before they are queued: a batch of large writes is cut
+/// short, as the connection's write buffer would cut it.
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// Ops gathered for one queue on this thread.
@@ -530,7 +530,7 @@ impl Drop for Batching {
         });
         // Queued outside the borrow: a refused op's callback runs here.
         for g in gathered {
-            g.core.queue(g.ops, g.bytes);
+            g.core.queue(g.ops);
         }
         if held.capacity() == 0 {
             return;
@@ -595,31 +595,28 @@ impl Core {
             if g.ops.len() < BATCH_MAX && g.bytes < BATCH_BYTES {
                 return None;
             }
-            Some((std::mem::take(&mut g.ops), std::mem::take(&mut g.bytes)))
+            g.bytes = 0;
+            Some(std::mem::take(&mut g.ops))
         });
         let full = full.ok().flatten();
         if let Some(op) = op {
             // Not gathering on this thread: queued on its own.
-            let bytes = op.payload.len();
-            self.queue(std::iter::once(op), bytes);
-        } else if let Some((ops, bytes)) = full {
-            self.queue(ops, bytes);
+            self.queue(std::iter::once(op));
+        } else if let Some(ops) = full {
+            self.queue(ops);
         }
     }
 
     /// Gives `ops` their sequence numbers and queues them, in order: as one job when the
     /// connection takes batches, answered to one callback that accounts for each op. Writes
     /// beyond the capacity, and everything when the queue is full, are refused and accounted
-    /// as dropped. `bytes` is the size of their payloads.
-    fn queue(&self, ops: impl IntoIterator<Item = Staged>, bytes: usize) {
-        let hint = bytes;
+    /// as dropped.
+    fn queue(&self, ops: impl IntoIterator<Item = Staged>) {
         let stats = &self.accounts.stats;
         let batches = self.conn.takes_batches();
         let queued_at = Instant::now();
         let mut refused: Vec<Job> = Vec::new();
-        // A lone op's bytes go as they are; several are joined into one buffer.
-        let mut first: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
+        let mut chunks: Vec<Bytes> = Vec::new();
         let mut answers: Vec<Answer> = Vec::new();
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
@@ -638,15 +635,7 @@ impl Core {
             }
             if batches {
                 last_seq = last_seq.max(seq);
-                if answers.is_empty() {
-                    first = Some(bytes);
-                } else {
-                    if let Some(first) = first.take() {
-                        joined.reserve(hint);
-                        joined.extend_from_slice(&first);
-                    }
-                    joined.extend_from_slice(&bytes);
-                }
+                chunks.push(bytes);
                 answers.push(Answer { replies, pick, op });
             } else {
                 let job = Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) };
@@ -664,9 +653,9 @@ impl Core {
         if !answers.is_empty() {
             let replies = answers.iter().map(|a| a.replies).sum();
             let accounts = self.accounts.clone();
-            let sink = Sink::Frames(Box::new(move |frames, err| answer(&accounts, answers, frames, err, queued_at)));
-            let payload = first.unwrap_or_else(|| joined.freeze());
-            match self.conn.try_send(Job { payload, replies, pick: 0, sink }) {
+            let done = Box::new(move |frames, err| answer(&accounts, answers, frames, err, queued_at));
+            let sink = Sink::Frames(chunks, done);
+            match self.conn.try_send(Job { payload: Bytes::new(), replies, pick: 0, sink }) {
                 Ok(()) => {
                     stats.entered.queued_seq.fetch_max(last_seq, Ordering::AcqRel);
                     stats.entered.jobs.fetch_add(1, Ordering::Relaxed);
