@@ -477,7 +477,7 @@ const BATCH_MAX: usize = 256;
 
 /// Bytes gathered for one queue before they are queued: a batch of large writes is cut
 /// short, as the connection's write buffer would cut it.
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Ops gathered for one queue on this thread.
 struct Gathered {
