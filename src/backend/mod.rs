@@ -212,14 +212,6 @@ impl Job {
     pub fn fail(self, err: &BackendError) {
         self.sink.deliver(Err(err.clone()));
     }
-
-    /// How many waiters the job adds to its connection.
-    fn weight(&self) -> usize {
-        match &self.sink {
-            Sink::Batch(parts) => parts.len(),
-            _ => 1,
-        }
-    }
 }
 
 /// Jobs joined into one, in order (a [`Sink::Batch`]; a lone job stays as it is). Each

@@ -25,9 +25,8 @@ use crate::proto::reply::frame_len;
 /// Stop filling a write batch past this many bytes.
 const MAX_BATCH: usize = 256 * 1024;
 
-/// Most jobs one connection has written and not yet had answered (a client's gathered
-/// pipeline counts per command; a mirror batch, [`Sink::Frames`], counts once: the mirror's
-/// writes are bounded by `mirror.queue_len` instead). Beyond it the writer
+/// Most commands one connection has written and not yet had answered (a client's gathered
+/// pipeline counts per command, a mirror batch, [`Sink::Frames`], per reply). Beyond it the writer
 /// stops taking jobs, so a backend that accepts bytes but never answers (a blackhole, a
 /// stalled server) backs work up into the bounded queues in front of the connection, where it
 /// is refused or dropped and counted, instead of piling up in memory until the silence
@@ -50,6 +49,8 @@ struct Waiter {
     picked: Option<bytes::Bytes>,
     /// Every frame so far, for a [`Sink::Frames`].
     frames: Vec<bytes::Bytes>,
+    /// Commands it stands for, towards [`MAX_OUTSTANDING`].
+    weight: usize,
 }
 
 impl Waiter {
@@ -80,7 +81,9 @@ struct Shared {
     /// When (ms after `base`) the oldest owed reply started waiting, or the last reply came.
     since_ms: AtomicU64,
     closing: AtomicBool,
-    /// Signalled when the owed replies fall below [`MAX_OUTSTANDING`].
+    /// The weight of the waiters: commands written and not yet answered.
+    owed: std::sync::atomic::AtomicUsize,
+    /// Signalled when the owed commands fall below [`MAX_OUTSTANDING`].
     room: tokio::sync::Notify,
 }
 
@@ -129,6 +132,7 @@ pub(super) async fn run(
         base: Instant::now(),
         since_ms: AtomicU64::new(0),
         closing: AtomicBool::new(false),
+        owed: std::sync::atomic::AtomicUsize::new(0),
         room: tokio::sync::Notify::new(),
     };
 
@@ -138,12 +142,12 @@ pub(super) async fn run(
             // Replies this batch may still add (one look at the queue per batch, not per job;
             // replies arriving meanwhile only make it conservative).
             let mut room = loop {
-                let owed = shared.waiters().len();
+                let owed = shared.owed.load(Ordering::Acquire);
                 if owed < MAX_OUTSTANDING {
                     break MAX_OUTSTANDING - owed;
                 }
                 let freed = shared.room.notified();
-                if shared.waiters().len() < MAX_OUTSTANDING {
+                if shared.owed.load(Ordering::Acquire) < MAX_OUTSTANDING {
                     continue;
                 }
                 freed.await;
@@ -219,7 +223,8 @@ pub(super) async fn run(
                 front.take(frame);
                 if front.left == 0 {
                     if let Some(w) = waiters.pop_front() {
-                        let room = waiters.len() == MAX_OUTSTANDING - 1;
+                        let before = shared.owed.fetch_sub(w.weight, Ordering::AcqRel);
+                        let room = before >= MAX_OUTSTANDING && before - w.weight < MAX_OUTSTANDING;
                         drop(waiters);
                         if room {
                             shared.room.notify_one();
@@ -281,39 +286,44 @@ pub(super) async fn run(
 /// Copies a job's bytes into the write batch and registers who waits for its replies;
 /// returns how many waiters it added.
 fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
-    let weight = job.weight();
     let mut waiters = shared.waiters();
     if waiters.is_empty() {
         shared.touch();
     }
     out.extend_from_slice(&job.payload);
-    match job.sink {
+    let weight = match job.sink {
         Sink::Batch(jobs) => {
+            let mut weight = 0;
             for job in jobs {
                 out.extend_from_slice(&job.payload);
-                wait_for(&mut waiters, job.replies, job.pick, job.sink);
+                weight += wait_for(&mut waiters, job.replies, job.pick, job.sink);
             }
+            weight
         }
         Sink::Frames(chunks, f) => {
             for chunk in &chunks {
                 out.extend_from_slice(chunk);
             }
-            wait_for(&mut waiters, job.replies, job.pick, Sink::Frames(Vec::new(), f));
+            wait_for(&mut waiters, job.replies, job.pick, Sink::Frames(Vec::new(), f))
         }
         sink => wait_for(&mut waiters, job.replies, job.pick, sink),
-    }
+    };
+    shared.owed.fetch_add(weight, Ordering::AcqRel);
     weight
 }
 
-fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) {
-    let frames = match sink {
-        Sink::Frames(..) => Vec::with_capacity(replies as usize),
-        _ => Vec::new(),
+/// Registers who waits for `replies` frames; returns the commands it stands for.
+fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) -> usize {
+    let (frames, weight) = match sink {
+        Sink::Frames(..) => (Vec::with_capacity(replies as usize), replies as usize),
+        _ => (Vec::new(), 1),
     };
-    let waiter = Waiter { left: replies, skip: pick, sink, picked: None, frames };
+    let waiter = Waiter { left: replies, skip: pick, sink, picked: None, frames, weight };
     if replies == 0 {
         waiter.complete(None);
+        0
     } else {
         waiters.push_back(waiter);
+        weight
     }
 }
