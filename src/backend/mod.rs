@@ -149,10 +149,16 @@ pub enum Sink {
     /// order in which the backend applied commands (enqueueing a mirror effect, accounting
     /// a mirrored write) happens in exactly that order.
     Callback(Box<dyn FnOnce(Reply) + Send>),
+    /// Runs the hook on the reader as the reply arrives (what must follow the backend's
+    /// order: enqueueing a mirror effect, starting a comparison, redacting), then hands what
+    /// it returns to the waiting client, after any mirror op gathered ahead of it
+    /// ([`crate::mirror::release`]).
+    Hook(ReplyHook, oneshot::Sender<Reply>),
     /// Nobody needs it (state replays such as `SELECT` on a dedicated connection).
     Discard,
     /// Several jobs sent as one (a client's pipeline gathered over one read), each written
-    /// with its own bytes and answered in turn; the batch job's own payload is empty. Only for connections to one server: a cluster routes each command.
+    /// with its own bytes and answered in turn; the batch job's own payload is empty. Only
+    /// for connections to one server: a cluster routes each command.
     Batch(Vec<Job>),
     /// Takes every reply frame of the job, in order, once they have all arrived; or those
     /// that did and the error that ended the connection before the rest. For a queue's own
@@ -164,6 +170,9 @@ pub enum Sink {
     Frames(Vec<Bytes>, FramesFn),
 }
 
+/// What a [`Sink::Hook`] runs on a reply before the client gets it.
+pub type ReplyHook = Box<dyn FnOnce(Reply) -> Reply + Send>;
+
 /// What a [`Sink::Frames`] calls with the frames and, if the rest never came, why.
 pub type FramesFn = Box<dyn FnOnce(Vec<Bytes>, Option<BackendError>) + Send>;
 
@@ -173,6 +182,7 @@ impl Sink {
             // The receiver may have gone (client disconnected): nothing to do then.
             Sink::Reply(tx) => crate::mirror::release(tx, reply),
             Sink::Callback(f) => f(reply),
+            Sink::Hook(f, tx) => crate::mirror::release(tx, f(reply)),
             Sink::Discard => {}
             Sink::Batch(parts) => {
                 for part in parts {

@@ -284,7 +284,7 @@ pub(super) async fn run(
 }
 
 /// Copies a job's bytes into the write batch and registers who waits for its replies;
-/// returns how many waiters it added.
+/// returns how many commands it added towards [`MAX_OUTSTANDING`].
 fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
     let mut waiters = shared.waiters();
     if waiters.is_empty() {

@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, JobBatch, SharedConn, Sink};
+use crate::backend::{Backend, BackendError, DedicatedConn, Handshake, Job, JobBatch, Reply, SharedConn, Sink};
 use crate::proto::commands::{CommandInfo, Flags, OTHER_ID};
 use crate::proto::reply::{self, HelloValue, Protocol};
 use crate::proto::request::{self, Request};
@@ -624,9 +624,10 @@ impl Session {
         let mut mirror_rx = None;
         let sink = match also {
             // The backend's own secrets (requirepass, masterauth) must not reach clients.
-            Also::Nothing if cmd == config_get_id() => Sink::Callback(Box::new(move |reply| {
-                crate::mirror::release(client_tx, reply.map(|frame| redact_config(&frame).unwrap_or(frame)));
-            })),
+            Also::Nothing if cmd == config_get_id() => Sink::Hook(
+                Box::new(|reply: Reply| reply.map(|frame| redact_config(&frame).unwrap_or(frame))),
+                client_tx,
+            ),
             Also::Nothing => Sink::Reply(client_tx),
             Also::Mirror { sync } => {
                 let done = if sync {
@@ -638,24 +639,26 @@ impl Session {
                 };
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                Sink::Callback(Box::new(move |reply| {
+                let hook = move |reply: Reply| {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
                     }
-                    crate::mirror::release(client_tx, reply);
-                }))
+                    reply
+                };
+                Sink::Hook(Box::new(hook), client_tx)
             }
             Also::Compare(sample) => {
                 let comparer = proxy.compare.clone();
                 let mirrors = proxy.mirrors();
                 let serving = proxy.backend(side);
-                Sink::Callback(Box::new(move |reply| {
+                let hook = move |reply: Reply| {
                     match &reply {
                         Ok(frame) => comparer.start(mirrors, serving, sample, frame.clone()),
                         Err(_) => comparer.count(crate::compare::Outcome::Error),
                     }
-                    crate::mirror::release(client_tx, reply);
-                }))
+                    reply
+                };
+                Sink::Hook(Box::new(hook), client_tx)
             }
         };
         let job = Job { payload, replies: 1, pick: 0, sink };
@@ -736,12 +739,13 @@ impl Session {
                     mirror_waits.push(done_rx);
                     done_tx
                 });
-                Sink::Callback(Box::new(move |reply| {
+                let hook = move |reply: Reply| {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_effect(side.other(), cmd, &sub, frame, db, done);
                     }
-                    crate::mirror::release(tx, reply);
-                }))
+                    reply
+                };
+                Sink::Hook(Box::new(hook), tx)
             } else {
                 Sink::Reply(tx)
             };
@@ -859,12 +863,13 @@ impl Session {
                 });
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                Sink::Callback(Box::new(move |reply| {
+                let hook = move |reply: Reply| {
                     if let Ok(frame) = &reply {
                         mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
                     }
-                    crate::mirror::release(client_tx, reply);
-                }))
+                    reply
+                };
+                Sink::Hook(Box::new(hook), client_tx)
             }
         };
         let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
