@@ -350,7 +350,7 @@ impl Metrics {
     pub fn observe_mirrors(&self, mirrors: &Mirrors) {
         for side in [Side::Source, Side::Target] {
             let Some(q) = mirrors.queue(side) else { continue };
-            let s = q.stats.snapshot();
+            let s = q.stats().snapshot();
             for (outcome, value) in [
                 ("enqueued", s.enqueued),
                 ("applied", s.applied),
@@ -363,7 +363,7 @@ impl Metrics {
             }
             self.mirror_queue_depth.with_label_values(&[side.name()]).set(q.depth() as i64);
             let jobs = self.mirror_jobs.with_label_values(&[side.name()]);
-            jobs.inc_by(q.stats.jobs().saturating_sub(jobs.get()));
+            jobs.inc_by(q.stats().jobs().saturating_sub(jobs.get()));
         }
     }
 

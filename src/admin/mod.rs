@@ -151,9 +151,9 @@ pub fn status(control: &Control) -> serde_json::Value {
     let mut towards = serde_json::Map::new();
     for side in [Side::Source, Side::Target] {
         if let Some(q) = set.mirrors.queue(side) {
-            let mut v = serde_json::to_value(q.stats.snapshot()).unwrap_or_default();
+            let mut v = serde_json::to_value(q.stats().snapshot()).unwrap_or_default();
             v["queue_depth"] = q.depth().into();
-            v["jobs"] = q.stats.jobs().into();
+            v["jobs"] = q.stats().jobs().into();
             towards.insert(side.name().to_string(), v);
         }
     }

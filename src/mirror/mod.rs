@@ -112,7 +112,6 @@ pub enum Outcome {
 
 /// The queue of effects bound for one backend.
 pub struct MirrorQueue {
-    pub stats: Arc<MirrorStats>,
     core: Arc<Core>,
 }
 
@@ -134,9 +133,7 @@ struct Accounts {
     side: Side,
     backend: Arc<str>,
     stats: Arc<MirrorStats>,
-    journal: Option<Arc<Journal>>,
-    commands: Arc<ArcSwap<CommandTable>>,
-    metrics: Option<Arc<Metrics>>,
+    common: Common,
 }
 
 /// What the accounting needs to know about one mirrored op.
@@ -178,7 +175,7 @@ impl Ticket {
         if outcome != Outcome::Applied {
             self.journal_keys(acc, outcome, &reason);
         }
-        if let Some(metrics) = &acc.metrics {
+        if let Some(metrics) = &acc.common.metrics {
             metrics.record(self.cmd, acc.side, Role::Mirror, outcome != Outcome::Applied, elapsed);
         }
         drop(self.done);
@@ -192,8 +189,8 @@ impl Ticket {
             Outcome::Applied => return,
         };
         tracing::debug!(backend = acc.side.name(), outcome = what, reason, "mirrored write not applied");
-        let Some(journal) = &acc.journal else { return };
-        let table = acc.commands.load();
+        let Some(journal) = &acc.common.journal else { return };
+        let table = acc.common.commands.load();
         let reason = format!("{what}: {reason}");
         for req in &self.requests {
             let argv = req.argv();
@@ -265,7 +262,7 @@ impl Mirrors {
     /// New queues towards (possibly) new backends, keeping the accounting of `old` so the
     /// counters stay continuous across a reload. Ops already in the old queues finish there.
     pub fn rebuild(old: &Mirrors, source: &Arc<Backend>, target: Option<&Arc<Backend>>, queue_len: usize) -> Mirrors {
-        let stats = [Side::Source, Side::Target].map(|side| old.queue(side).map(|q| q.stats.clone()));
+        let stats = [Side::Source, Side::Target].map(|side| old.queue(side).map(|q| q.stats().clone()));
         Mirrors::build(source, target, queue_len, old.common.clone(), stats, old.scripts.clone())
     }
 
@@ -382,24 +379,25 @@ impl Mirrors {
     pub fn enqueue_read(&self, to: Side, payload: Bytes, db: u32, done: Box<dyn FnOnce(Reply) + Send>) -> bool {
         let Some(queue) = self.queue(to) else { return false };
         let (payload, replies, pick) = wrap_db(payload, 1, db, queue.core.backend.settings().db);
-        queue.core.enqueue(Staged { payload, replies, pick, op: Op::Read(done) });
+        queue.core.enqueue(Staged { payload, answer: Answer { replies, pick, op: Op::Read(done) } });
         true
     }
 
     /// Ops towards `side` that never took effect there (failed or dropped), since the start.
     pub fn lost(&self, side: Side) -> u64 {
-        self.queue(side)
-            .map_or(0, |q| q.stats.ended.error.load(Ordering::Acquire) + q.stats.ended.dropped.load(Ordering::Acquire))
+        self.queue(side).map_or(0, |q| {
+            q.stats().ended.error.load(Ordering::Acquire) + q.stats().ended.dropped.load(Ordering::Acquire)
+        })
     }
 
     /// Waits until every op that entered `side`'s queue before this call has left it, or
     /// `limit` passes. Returns false on timeout.
     pub async fn drain(&self, side: Side, limit: Duration) -> bool {
         let Some(queue) = self.queue(side) else { return true };
-        let target = queue.stats.entered.queued_seq.load(Ordering::Acquire);
+        let target = queue.stats().entered.queued_seq.load(Ordering::Acquire);
         let deadline = Instant::now() + limit;
         loop {
-            if queue.stats.ended.done_seq.load(Ordering::Acquire) >= target {
+            if queue.stats().ended.done_seq.load(Ordering::Acquire) >= target {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -420,21 +418,19 @@ impl MirrorQueue {
     ) -> MirrorQueue {
         let conn = backend.mirror_conn(capacity);
         let stats = stats.unwrap_or_default();
-        let accounts = Arc::new(Accounts {
-            side,
-            backend: backend.name().clone(),
-            stats: stats.clone(),
-            journal: common.journal.clone(),
-            commands: common.commands.clone(),
-            metrics: common.metrics.clone(),
-        });
+        let accounts = Arc::new(Accounts { side, backend: backend.name().clone(), stats, common: common.clone() });
         let core = Core { backend, conn, capacity: capacity as u64, accounts, order: std::sync::Mutex::new(()) };
-        MirrorQueue { stats, core: Arc::new(core) }
+        MirrorQueue { core: Arc::new(core) }
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> &Arc<MirrorStats> {
+        &self.core.accounts.stats
     }
 
     /// Mirrored writes in flight: waiting in the queue or sent and not yet answered.
     pub fn depth(&self) -> u64 {
-        self.stats.snapshot().in_flight
+        self.stats().snapshot().in_flight
     }
 
     /// Enqueues a write of `count` commands, wrapped for the client's database `db`.
@@ -451,17 +447,14 @@ impl MirrorQueue {
     ) {
         let (payload, replies, pick) = wrap_db(payload, count, db, self.core.backend.settings().db);
         let ticket = Ticket { seq: 0, cmd, requests, expect, done };
-        self.core.enqueue(Staged { payload, replies, pick, op: Op::Write(ticket) });
+        self.core.enqueue(Staged { payload, answer: Answer { replies, pick, op: Op::Write(ticket) } });
     }
 }
 
-/// An op on its way into a queue: its bytes, how many replies they produce, which one
-/// answers it, and who takes that reply.
+/// An op on its way into a queue: its bytes, and what answers it.
 struct Staged {
     payload: Bytes,
-    replies: u32,
-    pick: u32,
-    op: Op,
+    answer: Answer,
 }
 
 enum Op {
@@ -519,31 +512,24 @@ impl Batching {
 
 impl Drop for Batching {
     fn drop(&mut self) {
-        let (gathered, held) = STAGE.with(|s| {
+        let gathered = STAGE.with(|s| {
             let mut s = s.borrow_mut();
             s.depth -= 1;
-            if s.depth == 0 {
-                (std::mem::take(&mut s.gathered), std::mem::take(&mut s.held))
-            } else {
-                (Vec::new(), Vec::new())
+            if s.depth > 0 {
+                return None;
             }
+            Some(std::mem::take(&mut s.gathered))
         });
+        let Some(gathered) = gathered else { return };
         // Queued outside the borrow: a refused op's callback runs here.
         for g in gathered {
             g.core.queue(g.ops);
         }
-        if held.capacity() == 0 {
-            return;
-        }
-        let mut held = held;
-        for (tx, reply) in held.drain(..) {
-            let _ = tx.send(reply);
-        }
-        // The buffer goes back for the next batch, so replies are not reallocated per read.
+        // Then the replies held behind them. Sending on a oneshot touches no thread-local
+        // state, so the buffer is drained in place and kept for the next read.
         STAGE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.held.capacity() == 0 && held.capacity() <= 1024 {
-                s.held = held;
+            for (tx, reply) in s.borrow_mut().held.drain(..) {
+                let _ = tx.send(reply);
             }
         });
     }
@@ -621,13 +607,13 @@ impl Core {
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut room = self.capacity.saturating_sub(stats.snapshot().in_flight);
         let mut last_seq = 0;
-        for Staged { payload: bytes, replies, pick, mut op } in ops {
+        for Staged { payload, mut answer } in ops {
             // The op's sequence number; 0 for a read, which is not part of the accounting.
             let mut seq = 0;
-            if let Op::Write(ticket) = &mut op {
+            if let Op::Write(ticket) = &mut answer.op {
                 ticket.seq = stats.entered.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
                 if room == 0 {
-                    refused.push(Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) });
+                    refused.push(self.job(payload, answer, queued_at));
                     continue;
                 }
                 room -= 1;
@@ -635,11 +621,10 @@ impl Core {
             }
             if batches {
                 last_seq = last_seq.max(seq);
-                chunks.push(bytes);
-                answers.push(Answer { replies, pick, op });
+                chunks.push(payload);
+                answers.push(answer);
             } else {
-                let job = Job { payload: bytes, replies, pick, sink: self.sink(op, queued_at) };
-                match self.conn.try_send(job) {
+                match self.conn.try_send(self.job(payload, answer, queued_at)) {
                     // Only an op that entered the queue may be waited for (a refused one never
                     // leaves it: a drain waiting for it would wait in vain).
                     Ok(()) => {
@@ -672,15 +657,17 @@ impl Core {
         }
     }
 
-    /// Where the reply of one op queued on its own goes.
-    fn sink(&self, op: Op, queued_at: Instant) -> Sink {
-        match op {
+    /// The job of one op queued on its own.
+    fn job(&self, payload: Bytes, answer: Answer, queued_at: Instant) -> Job {
+        let Answer { replies, pick, op } = answer;
+        let sink = match op {
             Op::Write(ticket) => {
                 let accounts = self.accounts.clone();
                 Sink::Callback(Box::new(move |r| ticket.finish(&accounts, r, queued_at.elapsed())))
             }
             Op::Read(done) => Sink::Callback(done),
-        }
+        };
+        Job { payload, replies, pick, sink }
     }
 }
 
@@ -772,9 +759,11 @@ mod tests {
             side: Side::Target,
             backend: Arc::from("target"),
             stats: Arc::new(MirrorStats::default()),
-            journal: None,
-            commands: Arc::new(ArcSwap::from_pointee(CommandTable::builtin())),
-            metrics: None,
+            common: Common {
+                journal: None,
+                commands: Arc::new(ArcSwap::from_pointee(CommandTable::builtin())),
+                metrics: None,
+            },
         }
     }
 
@@ -854,16 +843,16 @@ mod tests {
         mirrors.enqueue_effect(Side::Target, set, &req, &Bytes::from_static(b"+OK\r\n"), 0, None);
         release(tx, Ok(Bytes::from_static(b"+OK\r\n")));
         assert!(rx.try_recv().is_err(), "the reply left before its write was queued");
-        assert_eq!(queue.stats.snapshot().enqueued, 0, "gathered, not queued yet");
+        assert_eq!(queue.stats().snapshot().enqueued, 0, "gathered, not queued yet");
         drop(batching);
-        assert_eq!(queue.stats.snapshot().enqueued, 1);
-        assert_eq!(queue.stats.entered.queued_seq.load(Ordering::Acquire), 1, "queued before the reply left");
+        assert_eq!(queue.stats().snapshot().enqueued, 1);
+        assert_eq!(queue.stats().entered.queued_seq.load(Ordering::Acquire), 1, "queued before the reply left");
         assert_eq!(&rx.try_recv().expect("released").expect("ok")[..], b"+OK\r\n");
 
         // Outside a batch, both go at once.
         let (tx, mut rx) = oneshot::channel();
         mirrors.enqueue_effect(Side::Target, set, &req, &Bytes::from_static(b"+OK\r\n"), 0, None);
-        assert_eq!(queue.stats.snapshot().enqueued, 2);
+        assert_eq!(queue.stats().snapshot().enqueued, 2);
         release(tx, Ok(Bytes::from_static(b"+OK\r\n")));
         assert!(rx.try_recv().is_ok());
     }
