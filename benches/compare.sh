@@ -128,15 +128,8 @@ for m in "${MODE_LIST[@]}"; do
   mode_index "$m" >/dev/null || { echo "compare.sh: unknown mode '$m' (known: $(mode_names | paste -sd' ' -))" >&2; exit 2; }
 done
 # On a fresh Debian machine, install what the comparison runs (as scripts/test.sh does).
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
-command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "compare.sh: installing ${need[*]}" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/need-packages.sh" redis-server:redis-server redis-cli:redis-tools \
+  redis-benchmark:redis-tools nutcracker:nutcracker || { echo "compare.sh: could not install what it needs" >&2; exit 2; }
 export PATH="$PATH:/usr/sbin"
 for cmd in redis-server redis-cli redis-benchmark nutcracker python3 timeout; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "compare.sh: $cmd not found" >&2; exit 2; }

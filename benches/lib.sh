@@ -87,8 +87,6 @@ wait_ready() { # port pid [name] -> 0 when PING answers PONG; 1 if the process d
   return 1
 }
 
-# Runs a command under `timeout` in the background and waits for it, so that a
-# signal to this script is handled at once (cleanup then kills it). Sets BG_RC.
 # A throwaway redis-server (no persistence) on 127.0.0.1:port, logging to $TMP/name.log;
 # returns once it answers PING, with its pid in R_PID (and in PIDS, for cleanup).
 start_redis() { # name port
@@ -99,6 +97,8 @@ start_redis() { # name port
   wait_ready "$2" "$R_PID" "$1" || { tail -20 "$TMP/$1.log" >&2; die "$1 redis-server did not start"; }
 }
 
+# Runs a command under `timeout` in the background and waits for it, so that a
+# signal to this script is handled at once (cleanup then kills it). Sets BG_RC.
 bounded() { # seconds cmd...
   timeout -k 5 "$1" "${@:2}" &
   local pid=$!

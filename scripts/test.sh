@@ -9,21 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
-# The harness signals tandem with kill(1), which is procps's (the shell's builtin is not a
-# program); a bare Debian image has no procps.
-[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-  # Debian starts a system redis on 6379 after install; tests never use it.
-fi
+# kill(1) is procps's (the shell's builtin is not a program): the harness signals tandem
+# with it, and a bare Debian image has no procps.
+./scripts/need-packages.sh redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools \
+  nutcracker:nutcracker kill:procps
 redis-server --version
 
 if [ "${CI:-}" = "true" ]; then
