@@ -138,6 +138,57 @@ fn a_pipeline_is_mirrored_in_batches_and_in_order() {
 }
 
 #[test]
+fn a_silent_mirror_is_sent_at_most_4096_unanswered_writes() {
+    // The target accepts bytes and never answers; the silence timeout is long enough that
+    // the mirror connection stays up for the whole test.
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let relay = Relay::start(target.addr());
+    let yaml = format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n    command_timeout: 60s\n\
+         mirror:\n  mode: async\n",
+        source.url(),
+        relay.url()
+    );
+    let proxy = Tandem::start_config(&yaml, &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    c.request(&["SET", "warm", "up"]);
+    http::wait_mirror_idle(proxy.admin_port());
+    relay.blackhole(true);
+
+    // 8,000 writes of 1 KiB, pipelined: mirrored in batches of up to 256.
+    let (n, value) = (8000, "x".repeat(1024));
+    let mut pipeline = Vec::new();
+    for i in 0..n {
+        pipeline.extend(encode_cmd(&["SET", &format!("k{i:05}"), &value]));
+    }
+    let per_write = encode_cmd(&["SET", "k00000", &value]).len() as u64;
+    c.set_timeout(Duration::from_secs(30));
+    c.send(&pipeline);
+    for _ in 0..n {
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+    }
+    // Wait until the mirror connection stops writing (nothing answers, so it stops at its
+    // limit of unanswered commands, counted per write even inside a batch).
+    let mut last = (u64::MAX, Instant::now());
+    support::wait_until(Duration::from_secs(15), "the mirror stops writing", || {
+        let now = relay.swallowed();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        now > 0 && last.1.elapsed() >= Duration::from_millis(500)
+    });
+    let sent = relay.swallowed();
+    let limit = 4096 * per_write + 256 * 1024 + 64 * 1024;
+    assert!(sent <= limit, "{sent} bytes sent to a silent mirror, more than 4096 writes ({limit})");
+    assert!(sent >= 4000 * per_write, "only {sent} bytes reached the mirror");
+    // The rest wait in the queue, all still accounted as in flight.
+    let stats = http::status(proxy.admin_port())["mirror"]["towards"]["target"].clone();
+    assert_eq!(stats["in_flight"], n as u64, "{stats}");
+    assert_identity(&stats);
+}
+
+#[test]
 fn relative_ttls_arrive_as_absolute_expiries() {
     let s = setup("mirror:\n  mode: async\n");
     // 150 ms each way: the mirror applies ~300 ms after the source.

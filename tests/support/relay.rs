@@ -33,6 +33,8 @@ struct Shared {
     /// Bytes per second per direction per connection; 0 = unlimited.
     bandwidth: AtomicU64,
     blackhole: AtomicBool,
+    /// Bytes read and thrown away while blackholed (both directions).
+    swallowed: AtomicU64,
     refuse: AtomicBool,
     /// Remaining upstream->client bytes before the one-shot cut fires.
     cut_budget: Mutex<Option<usize>>,
@@ -94,6 +96,7 @@ impl Relay {
             delay_us: AtomicU64::new(0),
             bandwidth: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
+            swallowed: AtomicU64::new(0),
             refuse: AtomicBool::new(false),
             cut_budget: Mutex::new(None),
             corrupt_next: AtomicBool::new(false),
@@ -164,6 +167,11 @@ impl Relay {
     /// are discarded (so existing connections are desynchronised afterwards;
     /// use new ones). Connections stay open. EOFs are still propagated so
     /// closed sockets do not pile up.
+    /// Bytes the blackhole has swallowed so far.
+    pub fn swallowed(&self) -> u64 {
+        self.shared.swallowed.load(Ordering::SeqCst)
+    }
+
     pub fn blackhole(&self, on: bool) {
         self.shared.blackhole.store(on, Ordering::SeqCst);
     }
@@ -397,6 +405,7 @@ async fn read_side(mut r: ReadHalf<'_>, tx: mpsc::UnboundedSender<Msg>, shared: 
             return Ok(());
         }
         if shared.blackhole.load(Ordering::SeqCst) {
+            shared.swallowed.fetch_add(n as u64, Ordering::SeqCst);
             continue;
         }
         let due = Instant::now() + shared.delay();
