@@ -34,6 +34,8 @@ MODES=(
   'sync|available|source+target|mirror: {mode: sync}'
   'async+compare5|available|source+target|mirror: {mode: async}\ncompare: {percent: 5}'
   'async+compare100|available|source+target|mirror: {mode: async}\ncompare: {percent: 100}'
+  'off-auto|available|source|mirror: {mode: "off"}\nworkers: auto'
+  'async-auto|available|source+target|mirror: {mode: async}\nworkers: auto'
 )
 
 # ---------------------------------------------------------------------------------

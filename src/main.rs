@@ -148,7 +148,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&config.log.level, json);
     admin_exposure_check(&config)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let workers = config.workers.count();
+    let runtime = if workers == 1 {
+        // One event loop: no task is ever handed to another thread.
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
+    };
+    let workers_setting = config.workers;
     runtime.block_on(async move {
         let listen = config.listen.clone();
         let admin_listen = config.admin.listen.clone();
@@ -166,7 +173,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let admin = TcpListener::bind(&admin_listen)
             .await
             .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
-        tracing::info!(listen = %listen, admin = %admin_listen, source = %source_url, "tandem started");
+        tracing::info!(
+            listen = %listen,
+            admin = %admin_listen,
+            source = %source_url,
+            workers,
+            workers_setting = %workers_setting,
+            "tandem started"
+        );
 
         control.watch(args.reload_poll, !args.no_watch);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -82,6 +82,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("tandem".into()), None).expect("static prefix is valid");
+        // CPU seconds, resident memory, open files and threads of this process
+        // (tandem_process_*): with one worker thread, CPU near 1 s/s means it needs more.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector registers once per registry");
         let counter = |name: &str, help: &str| {
             register(&registry, IntCounter::new(name, help).expect("static metric definition"))
         };

@@ -338,3 +338,62 @@ fn an_idle_proxy_watching_its_config_uses_almost_no_cpu() {
     // 100 ticks per second; the spin used ~110 in this window, a quiet proxy 0-3.
     assert!(used < 30, "idle proxy used {used} CPU ticks in 2 s");
 }
+
+/// OS threads of a running process, from /proc.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with("Threads:")).expect("Threads line");
+    line["Threads:".len()..].trim().parse().expect("thread count")
+}
+
+#[test]
+fn workers_sets_the_proxy_threads_and_a_reload_keeps_them_with_a_warning() {
+    let (source, target) = (RedisServer::start(), RedisServer::start());
+    let extra = "mirror:\n  mode: async\nworkers: 1\n";
+    let proxy = Tandem::start_config(&yaml(&source, &target, 50.0, extra), &[]);
+    proxy.wait_for_log("workers=1", Duration::from_secs(5));
+    // One event loop plus, at most, the config file watcher's thread.
+    let one = threads_of(proxy.pid());
+    assert!(one <= 2, "workers: 1 runs {one} threads");
+
+    // Everything still works on one thread: pipelined writes served from both sides and
+    // mirrored, a blocking pop on a dedicated connection woken by another client, the admin API.
+    let mut c = RawConn::connect(proxy.addr());
+    let mut pipeline = Vec::new();
+    for i in 0..500 {
+        pipeline.extend_from_slice(&support::encode_cmd(&["SET", &format!("w:{i}"), "v"]));
+    }
+    c.send(&pipeline);
+    for _ in 0..500 {
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+    }
+    let mut blocked = RawConn::connect(proxy.addr());
+    blocked.send_cmd(&["BLPOP", "w:queue", "10"]);
+    support::wait_until(Duration::from_secs(5), "BLPOP blocked on a backend", || {
+        [&source, &target].iter().any(|r| r.cli(&["INFO", "clients"]).contains("blocked_clients:1"))
+    });
+    assert_eq!(c.request(&["RPUSH", "w:queue", "job"]), b":1\r\n");
+    assert_eq!(blocked.read_reply(), b"*2\r\n$7\r\nw:queue\r\n$3\r\njob\r\n");
+    http::wait_mirror_idle(proxy.admin_port());
+    for r in [&source, &target] {
+        let keys = r.cli(&["KEYS", "w:[0-9]*"]);
+        assert_eq!(keys.lines().count(), 500, "both sides hold every key written");
+    }
+
+    // A reload cannot change the thread count: it says so and keeps the running value.
+    proxy.write_config(&yaml(&source, &target, 50.0, "mirror:\n  mode: async\nworkers: 4\n"));
+    proxy.wait_for_log("read only at start", Duration::from_secs(5));
+    let status = http::status(proxy.admin_port());
+    let what = status["last_change"]["what"].as_str().unwrap_or_default();
+    assert!(what.contains("workers kept until restart"), "{status}");
+    assert_eq!(threads_of(proxy.pid()), one, "threads changed on reload");
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+
+    // The next start reads it.
+    let proxy4 = Tandem::start_config(&yaml(&source, &target, 50.0, "workers: 4\n"), &[]);
+    proxy4.wait_for_log("workers=4", Duration::from_secs(5));
+    let four = threads_of(proxy4.pid());
+    assert!(four >= 5, "workers: 4 runs {four} threads (main thread + 4 workers)");
+    let metrics = http::get(proxy4.admin_port(), "/metrics");
+    assert!(metrics.contains(&format!("tandem_process_threads {four}")), "{metrics}");
+}

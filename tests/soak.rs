@@ -64,7 +64,7 @@ fn config(source: &str, target: &str, journal: &Path, reload: u64) -> String {
         )
     };
     format!(
-        "backends:\n  source:\n{}  target:\n{}mirror:\n  mode: async\n  journal: {}\ncutover:\n  flip_timeout: 10s\n\
+        "workers: 2\nbackends:\n  source:\n{}  target:\n{}mirror:\n  mode: async\n  journal: {}\ncutover:\n  flip_timeout: 10s\n\
          compare:\n  percent: {}\nlimits:\n  max_clients: {}\n",
         backend(source),
         backend(target),

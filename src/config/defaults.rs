@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::config::commands::AllowList;
 use crate::config::types::{
     Admin, Auth, Backend, Backends, Backoff, Compare, Config, Cutover, Limits, Log, LogFormat, Mirror, MirrorMode,
+    Workers,
 };
 use crate::config::url::BackendUrl;
 
@@ -15,6 +16,11 @@ pub const LISTEN: &str = "127.0.0.1:6380";
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9121";
 /// `log.level`.
 pub const LOG_LEVEL: &str = "info";
+/// `workers`: one event loop, the cheapest per request where the proxy shares a few cores
+/// with the application or Redis.
+pub const WORKERS: u16 = 1;
+/// Largest accepted `workers`.
+pub const WORKERS_MAX: u16 = 1024;
 /// `limits.max_clients`.
 pub const MAX_CLIENTS: u32 = 10_000;
 /// `limits.max_bulk_len`: 512 MiB, as Redis' `proto-max-bulk-len`.
@@ -169,6 +175,7 @@ impl Config {
             mirror: Mirror::default(),
             compare: Compare::default(),
             ramp: None,
+            workers: Workers::default(),
         }
     }
 }

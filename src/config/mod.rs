@@ -44,7 +44,7 @@ pub use crate::config::error::{ConfigError, ConfigErrors};
 pub use crate::config::secret::Secret;
 pub use crate::config::types::{
     Admin, Auth, Backend, BackendTls, Backends, Backoff, Compare, Config, Cutover, Guardrails, Limits, ListenTls, Log,
-    LogFormat, Mirror, MirrorMode, Ramp, User, UserPassword,
+    LogFormat, Mirror, MirrorMode, Ramp, User, UserPassword, Workers,
 };
 pub use crate::config::url::{BackendUrl, UrlError, DEFAULT_REDIS_PORT};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::units::{parse_byte_size, parse_duration};
 use crate::config::{
     defaults, Admin, AllowList, Backend, BackendUrl, Backoff, Compare, Config, ConfigErrors, Cutover, Limits, Log,
-    LogFormat, Mirror, MirrorMode, UrlError, UserPassword,
+    LogFormat, Mirror, MirrorMode, UrlError, UserPassword, Workers,
 };
 
 /// The example shipped at the repository root.
@@ -74,6 +74,7 @@ fn example_proxy_yaml_loads_and_states_the_true_defaults() {
     assert_eq!(config.cutover, Cutover::default());
     assert_eq!(config.mirror, Mirror::default());
     assert_eq!(config.compare, Compare::default());
+    assert_eq!(config.workers, Workers::default());
     assert_eq!(config.backends.source.url.to_string(), "redis://127.0.0.1:6379");
     assert_backend_defaults(&config.backends.source);
     let target = config.backends.target.as_ref().expect("example has a target");
@@ -138,6 +139,7 @@ fn example_proxy_yaml_mentions_every_field() {
         "max_mismatch_ratio",
         "max_p99_ratio",
         "min_requests",
+        "workers",
     ];
     for field in fields {
         let as_key = format!("{field}:");
@@ -832,4 +834,35 @@ fn cluster_and_sentinel_urls() {
     // Sharing one address makes two clusters the same endpoint.
     assert!(url("redis+cluster://a:1,b:2").same_endpoint(&url("redis+cluster://c:3,b:2")));
     assert!(!url("redis+cluster://a:1").same_endpoint(&url("redis://a:1")));
+}
+
+// ---------------------------------------------------------------- workers
+
+#[test]
+fn workers_is_one_by_default_or_auto_or_a_number_of_threads() {
+    assert_eq!(load(MINIMAL).workers, Workers::Fixed(1));
+    assert!(Workers::Auto.count() >= 1);
+    for (text, want) in
+        [("auto", Workers::Auto), ("\"auto\"", Workers::Auto), ("1", Workers::Fixed(1)), ("4", Workers::Fixed(4))]
+    {
+        assert_eq!(load(&format!("{MINIMAL}\nworkers: {text}")).workers, want, "workers: {text}");
+    }
+    assert_eq!(Workers::Fixed(3).count(), 3);
+    assert_eq!(Workers::Fixed(3).to_string(), "3");
+    assert_eq!(Workers::Auto.to_string(), "auto");
+}
+
+#[test]
+fn workers_out_of_range_or_not_a_number_is_an_error_at_its_path() {
+    for (text, says) in [
+        ("0", "got 0"),
+        ("-2", "got -2"),
+        ("1025", "got 1025"),
+        ("many", "got \"many\""),
+        ("2.5", "\"auto\" or a number of threads"),
+    ] {
+        let errors = load_err(&format!("{MINIMAL}\nworkers: {text}"));
+        assert_eq!(paths(&errors), ["workers"], "workers: {text}: {errors}");
+        assert!(errors.to_string().contains(says), "workers: {text}: {errors}");
+    }
 }

@@ -58,6 +58,87 @@ pub struct Config {
     /// An automatic cutover ramp with guardrails (absent: no ramp).
     #[serde(default)]
     pub ramp: Option<Ramp>,
+    /// Threads that run the proxy (default 1). Read at start only.
+    #[serde(default)]
+    pub workers: Workers,
+}
+
+/// How many threads run the proxy: a fixed number, or `auto` (one per CPU the process may
+/// use, as its affinity mask and cgroup quota allow). With one (the default), everything
+/// runs on a single event loop and no task is ever handed to another thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available CPU.
+    Auto,
+    /// Exactly this many (1 to [`defaults::WORKERS_MAX`]).
+    Fixed(u16),
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers::Fixed(defaults::WORKERS)
+    }
+}
+
+impl Workers {
+    /// The number of threads this stands for on this machine.
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Fixed(n) => usize::from(n),
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl fmt::Display for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("auto"),
+            Workers::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"auto\" or a number of threads from 1 to {}", defaults::WORKERS_MAX)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Workers, E> {
+                match u16::try_from(n) {
+                    Ok(n) if (1..=defaults::WORKERS_MAX).contains(&n) => Ok(Workers::Fixed(n)),
+                    _ => Err(E::custom(format!(
+                        "workers must be \"auto\" or from 1 to {}, got {n}",
+                        defaults::WORKERS_MAX
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "workers must be \"auto\" or from 1 to {}, got {n}",
+                        defaults::WORKERS_MAX
+                    ))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Workers, E> {
+                match text.trim() {
+                    "auto" => Ok(Workers::Auto),
+                    other => match other.parse::<u64>() {
+                        Ok(n) => self.visit_u64(n),
+                        Err(_) => {
+                            Err(E::custom(format!("workers must be \"auto\" or a number of threads, got \"{other}\"")))
+                        }
+                    },
+                }
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 /// Steps the cutover advances through on its own while the guardrails hold.

@@ -387,6 +387,12 @@ impl Control {
         let mut what = Vec::new();
         // A change the file asks for that could not be made yet (reported in /status).
         let mut pending: Option<String> = None;
+        let later = read_at_start_only(&old, &new);
+        if !later.is_empty() {
+            let fields = later.join(", ");
+            tracing::warn!(fields = %fields, "changed in the config file but read only at start; restart tandem to apply");
+            what.push(format!("{fields} kept until restart"));
+        }
 
         self.proxy.policy.store(Arc::new(policy(&new)));
         // Certificate files are read again on every reload: rotation is rewrite + reload.
@@ -587,6 +593,17 @@ fn windowed_p99_ms(before: &[(f64, u64)], now: &[(f64, u64)]) -> f64 {
 
 fn digest_file(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+}
+
+/// The fields that differ between `old` and `new` but are only read when tandem starts.
+fn read_at_start_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let changed = [
+        ("listen", old.listen != new.listen),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("log", old.log != new.log),
+        ("workers", old.workers != new.workers),
+    ];
+    changed.into_iter().filter(|(_, differs)| *differs).map(|(field, _)| field).collect()
 }
 
 fn backends_changed(old: &Config, new: &Config) -> bool {
