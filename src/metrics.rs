@@ -66,6 +66,7 @@ pub struct Metrics {
     pub sync_mirror_late: IntCounter,
     pub flips: IntCounterVec,
     pub flip_wait: Histogram,
+    pub pop_fence: Histogram,
     pub cutover_percent: Gauge,
     mirror_writes: IntCounterVec,
     mirror_queue_depth: IntGaugeVec,
@@ -143,6 +144,17 @@ impl Metrics {
             Histogram::with_opts(
                 HistogramOpts::new("flip_wait_seconds", "How long a cutover change waited for the mirror backlog")
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("static"),
+        );
+        let pop_fence = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "mirror_pop_fence_seconds",
+                    "How long a blocking pop's mirror effect waited for the serving backend's earlier replies",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             )
             .expect("static"),
         );
@@ -266,6 +278,7 @@ impl Metrics {
             ),
             flips,
             flip_wait,
+            pop_fence,
             cutover_percent,
             mirror_writes,
             mirror_queue_depth,

@@ -276,6 +276,50 @@ fn pops_and_generated_values_leave_identical_data() {
 }
 
 #[test]
+fn a_blocked_pop_woken_by_another_client_is_mirrored_after_the_push() {
+    // The pop's reply (dedicated connection) and the push's (pooled connection) are read
+    // on different tasks; mirrored in the wrong order, the target would LPOP an empty list
+    // and then keep the pushed job, to be popped a second time after cutover.
+    // Two worker threads, where the two replies are also read on different threads.
+    let s = setup("mirror:\n  mode: async\nworkers: 2\n");
+    let mut pusher = RawConn::connect(s.proxy.addr());
+    const WAITERS: usize = 40;
+    const ROUNDS: usize = 5;
+    for round in 0..ROUNDS {
+        let mut waiters: Vec<RawConn> = (0..WAITERS)
+            .map(|i| {
+                let mut c = RawConn::connect(s.proxy.addr());
+                c.send_cmd(&["BLPOP", &format!("q:{round}:{i}"), "10"]);
+                c
+            })
+            .collect();
+        support::wait_until(Duration::from_secs(10), "every BLPOP blocked on the source", || {
+            s.source.cli(&["INFO", "clients"]).contains(&format!("blocked_clients:{WAITERS}"))
+        });
+        // One pipelined read of pushes feeds all of them.
+        let mut pushes = Vec::new();
+        for i in 0..WAITERS {
+            pushes.extend_from_slice(&encode_cmd(&["RPUSH", &format!("q:{round}:{i}"), "job"]));
+        }
+        pusher.send(&pushes);
+        for _ in 0..WAITERS {
+            assert_eq!(pusher.read_reply(), b":1\r\n");
+        }
+        for (i, w) in waiters.iter_mut().enumerate() {
+            let key = format!("q:{round}:{i}");
+            assert_eq!(text(w.read_reply()), format!("*2\r\n${}\r\n{key}\r\n$3\r\njob\r\n", key.len()));
+        }
+    }
+    let stats = wait_mirror_idle(&s, "target");
+    assert_identity(&stats);
+    let left = s.target.cli(&["KEYS", "q:*"]);
+    assert!(left.is_empty(), "jobs popped on the source but still queued on the target: {left}");
+    let metrics = http::get(s.proxy.admin_port(), "/metrics");
+    let fences = format!("tandem_mirror_pop_fence_seconds_count {}", WAITERS * ROUNDS);
+    assert!(metrics.contains(&fences), "one fence per pop: {fences}\n{metrics}");
+}
+
+#[test]
 fn evalsha_unknown_to_the_mirror_is_sent_as_eval() {
     let s = setup("mirror:\n  mode: async\n");
     let mut c = RawConn::connect(s.proxy.addr());

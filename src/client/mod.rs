@@ -52,8 +52,11 @@ enum Path {
 enum Also {
     Nothing,
     /// A write whose effect is mirrored; `sync`: the reply waits for the mirror.
+    /// `blocking`: a blocking pop or move, served when some other connection's write
+    /// fed its key (see [`fenced_mirror`]).
     Mirror {
         sync: bool,
+        blocking: bool,
     },
     /// A sampled read compared with the other side.
     Compare(crate::compare::Sample),
@@ -550,7 +553,7 @@ impl Session {
                 Some(&k) => routing.sync_for(argv[k]),
                 None => routing.mirror == MirrorMode::Sync || routing.moving.is_some(),
             };
-            Also::Mirror { sync }
+            Also::Mirror { sync, blocking }
         } else if routing.has_target
             && !write
             && !blocking
@@ -629,7 +632,7 @@ impl Session {
                 client_tx,
             ),
             Also::Nothing => Sink::Reply(client_tx),
-            Also::Mirror { sync } => {
+            Also::Mirror { sync, blocking } => {
                 let done = if sync {
                     let (tx, rx) = oneshot::channel();
                     mirror_rx = Some(rx);
@@ -639,13 +642,24 @@ impl Session {
                 };
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                let hook = move |reply: Reply| {
-                    if let Ok(frame) = &reply {
+                if blocking {
+                    let serving = proxy.backend(side);
+                    let (tx, rx) = oneshot::channel();
+                    let metrics = proxy.metrics.clone();
+                    let enqueue = move |frame: &Bytes| {
                         mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
-                    }
-                    reply
-                };
-                Sink::Hook(Box::new(hook), client_tx)
+                    };
+                    tokio::spawn(fenced_mirror(rx, serving, metrics, enqueue, client_tx));
+                    Sink::Reply(tx)
+                } else {
+                    let hook = move |reply: Reply| {
+                        if let Ok(frame) = &reply {
+                            mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
+                        }
+                        reply
+                    };
+                    Sink::Hook(Box::new(hook), client_tx)
+                }
             }
             Also::Compare(sample) => {
                 let comparer = proxy.compare.clone();
@@ -1225,6 +1239,36 @@ const SECRET_PARAMETERS: [&[u8]; 4] =
 
 /// A `CONFIG GET` reply (name/value pairs, RESP2 array or RESP3 map) with the values of
 /// [`SECRET_PARAMETERS`] replaced by `(redacted)`; `None` when it holds none of them.
+/// Mirrors a blocking pop (or move) once the writes that fed it are queued.
+///
+/// A blocked BLPOP is answered because another connection pushed to its key. Redis writes
+/// the push's reply to the pusher's connection and the pop's to the dedicated connection,
+/// and tandem reads the two on different tasks: queued straight away, the pop's effect (an
+/// LPOP of what was popped) could reach the mirror before the push, and the mirror would
+/// keep the element, to be popped again after cutover. So the effect waits for a PING
+/// through every pooled connection to the serving backend: once those are answered, every
+/// reply Redis sent on them before the pop's has been read and its effect queued. The
+/// client hears the reply only after the effect is queued, like every mirrored write.
+/// Pushes through other tandem instances or other dedicated connections are not covered.
+async fn fenced_mirror(
+    reply: oneshot::Receiver<Reply>,
+    serving: Arc<Backend>,
+    metrics: Arc<crate::metrics::Metrics>,
+    enqueue: impl FnOnce(&Bytes),
+    client: oneshot::Sender<Reply>,
+) {
+    // A lost reply drops `client` too: the client gets the same error as without the fence.
+    let Ok(reply) = reply.await else { return };
+    if let Ok(frame) = &reply {
+        if !reply::is_null(frame) && !reply::is_error(frame) {
+            let started = std::time::Instant::now();
+            serving.fence().await;
+            metrics.pop_fence.observe(started.elapsed().as_secs_f64());
+        }
+        enqueue(frame);
+    }
+    let _ = client.send(reply);
+}
 fn redact_config(frame: &Bytes) -> Option<Bytes> {
     use crate::proto::value::{parse, Value};
     let secret =

@@ -114,6 +114,12 @@ pub fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
 }
 
+/// True if a reply frame is a null (`$-1`, `*-1`, RESP3 `_`): a blocking command that
+/// timed out, a missing key.
+pub fn is_null(frame: &[u8]) -> bool {
+    frame.starts_with(b"$-1\r\n") || frame.starts_with(b"*-1\r\n") || frame.starts_with(b"_\r\n")
+}
+
 /// `+OK\r\n`
 pub fn ok() -> Bytes {
     Bytes::from_static(b"+OK\r\n")
@@ -336,6 +342,16 @@ mod tests {
         assert_eq!(&proxy_error("x")[..], b"-ERR tandem: x\r\n");
         assert!(is_error(&error("ERR x")));
         assert!(!is_error(b"+OK\r\n"));
+    }
+
+    #[test]
+    fn nulls_of_both_protocols_are_recognised() {
+        for null in [&b"$-1\r\n"[..], b"*-1\r\n", b"_\r\n"] {
+            assert!(is_null(null), "{null:?}");
+        }
+        for not_null in [&b"*0\r\n"[..], b"$0\r\n\r\n", b":-1\r\n", b"*2\r\n$1\r\nq\r\n$1\r\nj\r\n"] {
+            assert!(!is_null(not_null), "{not_null:?}");
+        }
     }
 
     #[test]
