@@ -67,6 +67,7 @@ pub struct Metrics {
     pub flips: IntCounterVec,
     pub flip_wait: Histogram,
     pub pop_fence: Histogram,
+    pub pop_fence_late: IntCounter,
     pub cutover_percent: Gauge,
     mirror_writes: IntCounterVec,
     mirror_queue_depth: IntGaugeVec,
@@ -279,6 +280,10 @@ impl Metrics {
             flips,
             flip_wait,
             pop_fence,
+            pop_fence_late: counter(
+                "mirror_pop_fence_late_total",
+                "Blocking pops mirrored after mirror.timeout without their fence answered",
+            ),
             cutover_percent,
             mirror_writes,
             mirror_queue_depth,

@@ -388,12 +388,17 @@ fn workers_sets_the_proxy_threads_and_a_reload_keeps_them_with_a_warning() {
     assert!(what.contains("workers kept until restart"), "{status}");
     assert_eq!(threads_of(proxy.pid()), one, "threads changed on reload");
     assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+    // Compared with what runs, not with the previous file: a later reload still says so.
+    proxy.write_config(&yaml(&source, &target, 60.0, "mirror:\n  mode: async\nworkers: 4\n"));
+    support::wait_until(Duration::from_secs(5), "a second warning", || {
+        proxy.log().matches("read only at start").count() >= 2
+    });
 
     // The next start reads it.
     let proxy4 = Tandem::start_config(&yaml(&source, &target, 50.0, "workers: 4\n"), &[]);
     proxy4.wait_for_log("workers=4", Duration::from_secs(5));
     let four = threads_of(proxy4.pid());
-    assert!(four >= 5, "workers: 4 runs {four} threads (main thread + 4 workers)");
+    assert_eq!(four, one + 4, "workers: 4 runs the main thread, 4 workers and the file watcher");
     let metrics = http::get(proxy4.admin_port(), "/metrics");
-    assert!(metrics.contains(&format!("tandem_process_threads {four}")), "{metrics}");
+    assert!(metrics.contains(&format!("\ntandem_process_threads {four}\n")), "{metrics}");
 }

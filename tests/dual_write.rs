@@ -310,13 +310,83 @@ fn a_blocked_pop_woken_by_another_client_is_mirrored_after_the_push() {
             assert_eq!(text(w.read_reply()), format!("*2\r\n${}\r\n{key}\r\n$3\r\njob\r\n", key.len()));
         }
     }
+    // A stack: two pushes in one pipeline, the first woken pop takes the first push and the
+    // second stays. The second push's reply reaches tandem before the fence is answered, so
+    // its effect is queued before the pop's: a positional LPOP would take the wrong one.
+    let mut waiters: Vec<RawConn> = (0..WAITERS)
+        .map(|i| {
+            let mut c = RawConn::connect(s.proxy.addr());
+            c.send_cmd(&["BLPOP", &format!("stack:{i}"), "10"]);
+            c
+        })
+        .collect();
+    support::wait_until(Duration::from_secs(10), "every BLPOP blocked on the source", || {
+        s.source.cli(&["INFO", "clients"]).contains(&format!("blocked_clients:{WAITERS}"))
+    });
+    let mut pushes = Vec::new();
+    for i in 0..WAITERS {
+        let key = format!("stack:{i}");
+        pushes.extend_from_slice(&encode_cmd(&["LPUSH", &key, "first"]));
+        pushes.extend_from_slice(&encode_cmd(&["LPUSH", &key, "second"]));
+    }
+    pusher.send(&pushes);
+    for _ in 0..WAITERS * 2 {
+        pusher.read_reply();
+    }
+    for w in waiters.iter_mut() {
+        assert!(text(w.read_reply()).ends_with("$5\r\nfirst\r\n"));
+    }
+
     let stats = wait_mirror_idle(&s, "target");
     assert_identity(&stats);
     let left = s.target.cli(&["KEYS", "q:*"]);
     assert!(left.is_empty(), "jobs popped on the source but still queued on the target: {left}");
+    for i in 0..WAITERS {
+        let key = format!("stack:{i}");
+        assert_eq!(s.source.cli(&["LRANGE", &key, "0", "-1"]), "second");
+        assert_eq!(s.target.cli(&["LRANGE", &key, "0", "-1"]), "second", "{key} on the target");
+    }
     let metrics = http::get(s.proxy.admin_port(), "/metrics");
-    let fences = format!("tandem_mirror_pop_fence_seconds_count {}", WAITERS * ROUNDS);
+    let fences = format!("tandem_mirror_pop_fence_seconds_count {}\n", WAITERS * (ROUNDS + 1));
     assert!(metrics.contains(&fences), "one fence per pop: {fences}\n{metrics}");
+}
+
+#[test]
+fn a_client_s_pipelined_blocking_moves_are_mirrored_in_its_order() {
+    // A client held on its dedicated connection (client tracking) pipelines two moves: the
+    // second moves on what the first moved. Each waits for a fence; the second's effect must
+    // still come after the first's, or the mirror moves nothing out of `b`.
+    for workers in [1, 2] {
+        let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
+        let mut mover = RawConn::connect(s.proxy.addr());
+        assert_eq!(mover.request(&["CLIENT", "TRACKING", "ON"]), b"+OK\r\n");
+        let mut moves = Vec::new();
+        for _ in 0..20 {
+            moves.extend_from_slice(&encode_cmd(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "10"]));
+            moves.extend_from_slice(&encode_cmd(&["BLMOVE", "b", "c", "LEFT", "RIGHT", "10"]));
+        }
+        mover.send(&moves);
+        let mut pusher = RawConn::connect(s.proxy.addr());
+        for i in 0..20 {
+            support::wait_until(Duration::from_secs(10), "the BLMOVE blocked", || {
+                s.source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
+            });
+            assert_eq!(pusher.request(&["RPUSH", "a", &format!("job{i}")]), b":1\r\n");
+            let job = format!("job{i}");
+            for _ in 0..2 {
+                assert_eq!(text(mover.read_reply()), format!("${}\r\n{job}\r\n", job.len()));
+            }
+        }
+        wait_mirror_idle(&s, "target");
+        for key in ["a", "b", "c"] {
+            assert_eq!(
+                s.target.cli(&["LRANGE", key, "0", "-1"]),
+                s.source.cli(&["LRANGE", key, "0", "-1"]),
+                "{key} with workers: {workers}"
+            );
+        }
+        assert_eq!(s.target.cli(&["LLEN", "c"]), "20");
+    }
 }
 
 #[test]

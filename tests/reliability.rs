@@ -174,9 +174,7 @@ fn config_yaml(o: &Opts, source_url: &str, target_url: &str, journal: &Path, mor
         )
     };
     format!(
-        // Two worker threads: the rest of the suite runs the default single event loop, and
-        // faults under load are where tasks racing on two threads would show.
-        "workers: 2\nbackends:\n  source:\n{}  target:\n{}mirror:\n  mode: async\n  journal: {}\n{}{}{more}",
+        "backends:\n  source:\n{}  target:\n{}mirror:\n  mode: async\n  journal: {}\n{}{}{more}",
         backend(source_url, o.source_command_timeout),
         backend(target_url, o.target_command_timeout),
         journal.display(),

@@ -64,6 +64,8 @@ fn config(source: &str, target: &str, journal: &Path, reload: u64) -> String {
         )
     };
     format!(
+        // Two worker threads: the test suite runs the default single event loop, and a long
+        // run of faults under load is where tasks racing on two threads would show.
         "workers: 2\nbackends:\n  source:\n{}  target:\n{}mirror:\n  mode: async\n  journal: {}\ncutover:\n  flip_timeout: 10s\n\
          compare:\n  percent: {}\nlimits:\n  max_clients: {}\n",
         backend(source),

@@ -93,6 +93,10 @@ struct Session {
     tracking_cmd: Option<Bytes>,
     last_path: Path,
     dedicated: [Option<DedicatedConn>; 2],
+    /// Resolves once the mirror effect of this client's latest delayed write on a dedicated
+    /// connection (a fenced blocking pop, or a write queued behind one) is queued; later
+    /// mirrored writes there wait for it, so the client's effects keep their order.
+    mirror_tail: Option<oneshot::Receiver<()>>,
     /// Pub/Sub pass-through: requests are written here as they are.
     pipe: Option<crate::backend::tls::WriteHalf>,
     out: Outbox,
@@ -192,6 +196,7 @@ where
         tracking_cmd: None,
         last_path: Path::Shared,
         dedicated: [None, None],
+        mirror_tail: None,
         pipe: None,
         out: out_tx,
         pushes: push_tx,
@@ -642,15 +647,11 @@ impl Session {
                 };
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                if blocking {
-                    let serving = proxy.backend(side);
-                    let (tx, rx) = oneshot::channel();
-                    let metrics = proxy.metrics.clone();
+                if blocking || (matches!(path, Path::Dedicated(_)) && self.mirror_waiting()) {
                     let enqueue = move |frame: &Bytes| {
                         mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
                     };
-                    tokio::spawn(fenced_mirror(rx, serving, metrics, enqueue, client_tx));
-                    Sink::Reply(tx)
+                    self.delayed_mirror(proxy, blocking.then_some(side), enqueue, client_tx)
                 } else {
                     let hook = move |reply: Reply| {
                         if let Ok(frame) = &reply {
@@ -877,13 +878,20 @@ impl Session {
                 });
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                let hook = move |reply: Reply| {
-                    if let Ok(frame) = &reply {
+                if matches!(path, Path::Dedicated(_)) && self.mirror_waiting() {
+                    let enqueue = move |frame: &Bytes| {
                         mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
-                    }
-                    reply
-                };
-                Sink::Hook(Box::new(hook), client_tx)
+                    };
+                    self.delayed_mirror(proxy, None, enqueue, client_tx)
+                } else {
+                    let hook = move |reply: Reply| {
+                        if let Ok(frame) = &reply {
+                            mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
+                        }
+                        reply
+                    };
+                    Sink::Hook(Box::new(hook), client_tx)
+                }
             }
         };
         let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
@@ -945,6 +953,41 @@ impl Session {
                 let _ = conn.send(Job::discard(reply::command(&["UNWATCH"]))).await;
             }
         }
+    }
+
+    /// True while an earlier delayed mirror effect of this client (see `mirror_tail`) is not
+    /// queued yet.
+    fn mirror_waiting(&mut self) -> bool {
+        let Some(tail) = &mut self.mirror_tail else { return false };
+        if matches!(tail.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            return true;
+        }
+        self.mirror_tail = None;
+        false
+    }
+
+    /// The sink for a mirrored write on a dedicated connection whose effect cannot be queued
+    /// as its reply is read: after a fence through `fence`'s pooled connections (a blocking
+    /// pop, see [`fenced_mirror`]), and after this client's previous delayed effect.
+    fn delayed_mirror(
+        &mut self,
+        proxy: &Proxy,
+        fence: Option<Side>,
+        enqueue: impl FnOnce(&Bytes) + Send + 'static,
+        client: oneshot::Sender<Reply>,
+    ) -> Sink {
+        let (tx, rx) = oneshot::channel();
+        let (queued_tx, queued_rx) = oneshot::channel();
+        let after = self.mirror_tail.replace(queued_rx);
+        let order = Order {
+            fence: fence.map(|side| proxy.backend(side)),
+            limit: proxy.mirror_timeout(),
+            after,
+            queued: queued_tx,
+            metrics: proxy.metrics.clone(),
+        };
+        tokio::spawn(fenced_mirror(rx, order, enqueue, client));
+        Sink::Reply(tx)
     }
 
     async fn ensure_dedicated(&mut self, proxy: &Proxy, side: Side) -> Result<(), BackendError> {
@@ -1237,38 +1280,71 @@ fn validate_name(name: &[u8]) -> Result<(), &'static str> {
 const SECRET_PARAMETERS: [&[u8]; 4] =
     [b"requirepass", b"masterauth", b"tls-key-file-pass", b"tls-client-key-file-pass"];
 
-/// A `CONFIG GET` reply (name/value pairs, RESP2 array or RESP3 map) with the values of
-/// [`SECRET_PARAMETERS`] replaced by `(redacted)`; `None` when it holds none of them.
+/// What a delayed mirror effect waits for before it is queued.
+struct Order {
+    /// The serving backend to fence (a blocking pop), if any.
+    fence: Option<Arc<Backend>>,
+    /// Longest wait for the fence (`mirror.timeout`).
+    limit: std::time::Duration,
+    /// The client's previous delayed effect.
+    after: Option<oneshot::Receiver<()>>,
+    /// Dropped once this effect is queued (or known never to be).
+    queued: oneshot::Sender<()>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Mirrors a blocking pop (or move) once the writes that fed it are queued.
 ///
 /// A blocked BLPOP is answered because another connection pushed to its key. Redis writes
 /// the push's reply to the pusher's connection and the pop's to the dedicated connection,
-/// and tandem reads the two on different tasks: queued straight away, the pop's effect (an
-/// LPOP of what was popped) could reach the mirror before the push, and the mirror would
-/// keep the element, to be popped again after cutover. So the effect waits for a PING
-/// through every pooled connection to the serving backend: once those are answered, every
-/// reply Redis sent on them before the pop's has been read and its effect queued. The
-/// client hears the reply only after the effect is queued, like every mirrored write.
-/// Pushes through other tandem instances or other dedicated connections are not covered.
+/// and tandem reads the two on different tasks: queued straight away, the pop's effect
+/// could reach the mirror before the push, and the mirror would keep the element, to be
+/// popped again after cutover. So the effect waits for a PING through every pooled
+/// connection to the serving backend: once those are answered, every reply Redis sent on
+/// them before the pop's has been read and its effect queued. (Pushes Redis ran after the
+/// pop may then be queued first; the effect removes the popped value, not the head, so
+/// that order does no harm: `mirror::effect`.) The wait is bounded by `mirror.timeout`;
+/// after that the effect is queued anyway and `tandem_mirror_pop_fence_late_total` counts
+/// it. Writes the client sends on the same dedicated connection meanwhile wait their turn
+/// (`order.after`), and the client hears each reply only once its effect is queued, like
+/// every mirrored write. Pushes through other tandem instances are not covered.
 async fn fenced_mirror(
     reply: oneshot::Receiver<Reply>,
-    serving: Arc<Backend>,
-    metrics: Arc<crate::metrics::Metrics>,
+    order: Order,
     enqueue: impl FnOnce(&Bytes),
     client: oneshot::Sender<Reply>,
 ) {
-    // A lost reply drops `client` too: the client gets the same error as without the fence.
-    let Ok(reply) = reply.await else { return };
-    if let Ok(frame) = &reply {
+    let reply = reply.await;
+    let frame = match &reply {
+        Ok(Ok(frame)) => Some(frame),
+        _ => None,
+    };
+    if let (Some(serving), Some(frame)) = (&order.fence, frame) {
         if !reply::is_null(frame) && !reply::is_error(frame) {
             let started = std::time::Instant::now();
-            serving.fence().await;
-            metrics.pop_fence.observe(started.elapsed().as_secs_f64());
+            if tokio::time::timeout(order.limit, serving.fence()).await.is_err() {
+                order.metrics.pop_fence_late.inc();
+                tracing::debug!(limit = ?order.limit, "blocking pop mirrored before its fence was answered");
+            }
+            order.metrics.pop_fence.observe(started.elapsed().as_secs_f64());
         }
+    }
+    // Even when this write has nothing to queue, the next must not pass the previous one.
+    if let Some(previous) = order.after {
+        let _ = previous.await;
+    }
+    if let Some(frame) = frame {
         enqueue(frame);
     }
-    let _ = client.send(reply);
+    drop(order.queued);
+    // A lost reply (Err) drops `client`: the client gets the same error as without the wait.
+    if let Ok(reply) = reply {
+        let _ = client.send(reply);
+    }
 }
+
+/// A `CONFIG GET` reply (name/value pairs, RESP2 array or RESP3 map) with the values of
+/// [`SECRET_PARAMETERS`] replaced by `(redacted)`; `None` when it holds none of them.
 fn redact_config(frame: &Bytes) -> Option<Bytes> {
     use crate::proto::value::{parse, Value};
     let secret =

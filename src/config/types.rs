@@ -110,19 +110,15 @@ impl<'de> Deserialize<'de> for Workers {
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Workers, E> {
                 match u16::try_from(n) {
                     Ok(n) if (1..=defaults::WORKERS_MAX).contains(&n) => Ok(Workers::Fixed(n)),
-                    _ => Err(E::custom(format!(
-                        "workers must be \"auto\" or from 1 to {}, got {n}",
-                        defaults::WORKERS_MAX
-                    ))),
+                    _ => Err(E::custom(format!("must be \"auto\" or from 1 to {}, got {n}", defaults::WORKERS_MAX))),
                 }
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
                 match u64::try_from(n) {
                     Ok(n) => self.visit_u64(n),
-                    Err(_) => Err(E::custom(format!(
-                        "workers must be \"auto\" or from 1 to {}, got {n}",
-                        defaults::WORKERS_MAX
-                    ))),
+                    Err(_) => {
+                        Err(E::custom(format!("must be \"auto\" or from 1 to {}, got {n}", defaults::WORKERS_MAX)))
+                    }
                 }
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Workers, E> {
@@ -130,9 +126,10 @@ impl<'de> Deserialize<'de> for Workers {
                     "auto" => Ok(Workers::Auto),
                     other => match other.parse::<u64>() {
                         Ok(n) => self.visit_u64(n),
-                        Err(_) => {
-                            Err(E::custom(format!("workers must be \"auto\" or a number of threads, got \"{other}\"")))
-                        }
+                        Err(_) => Err(E::custom(format!(
+                            "must be \"auto\" or a number of threads from 1 to {}, got \"{other}\"",
+                            defaults::WORKERS_MAX
+                        ))),
                     },
                 }
             }

@@ -73,6 +73,10 @@ struct Inner {
     file: Config,
     file_digest: Option<[u8; 32]>,
     persisted: Persisted,
+    /// What the settings read only at start (`read_at_start_only`) are in the running
+    /// process: the config it started with, with `mirror.queue_len` updated whenever the
+    /// backends, and so the queues, are replaced.
+    running: Config,
 }
 
 pub struct Control {
@@ -154,7 +158,7 @@ impl Control {
             config_path,
             state_path,
             overrides,
-            inner: tokio::sync::Mutex::new(Inner { file: config, file_digest, persisted }),
+            inner: tokio::sync::Mutex::new(Inner { running: config.clone(), file: config, file_digest, persisted }),
             status: ArcSwap::from_pointee(status),
             token: ArcSwap::from_pointee(token),
             ramp: std::sync::Mutex::new(None),
@@ -387,7 +391,7 @@ impl Control {
         let mut what = Vec::new();
         // A change the file asks for that could not be made yet (reported in /status).
         let mut pending: Option<String> = None;
-        let later = read_at_start_only(&old, &new);
+        let later = read_at_start_only(&inner.running, &new, backends_changed(&old, &new));
         if !later.is_empty() {
             let fields = later.join(", ");
             tracing::warn!(fields = %fields, "changed in the config file but read only at start; restart tandem to apply");
@@ -415,6 +419,7 @@ impl Control {
                 inner.persisted = Persisted::default();
             }
             self.proxy.replace_backends(source, target, new.mirror.queue_len as usize);
+            inner.running.mirror.queue_len = new.mirror.queue_len;
             what.push("backends".to_string());
         }
         if new.ramp != old.ramp {
@@ -595,13 +600,20 @@ fn digest_file(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
 }
 
-/// The fields that differ between `old` and `new` but are only read when tandem starts.
-fn read_at_start_only(old: &Config, new: &Config) -> Vec<&'static str> {
+/// The fields `new` sets differently from the `running` process that a reload cannot
+/// apply: they are read only when tandem starts (`mirror.queue_len` also when the backends
+/// change, as they do in this reload when `backends_replaced`).
+fn read_at_start_only(running: &Config, new: &Config, backends_replaced: bool) -> Vec<&'static str> {
     let changed = [
-        ("listen", old.listen != new.listen),
-        ("admin.listen", old.admin.listen != new.admin.listen),
-        ("log", old.log != new.log),
-        ("workers", old.workers != new.workers),
+        ("listen", running.listen != new.listen),
+        ("admin.listen", running.admin.listen != new.admin.listen),
+        ("log", running.log != new.log),
+        ("workers", running.workers != new.workers),
+        ("mirror.journal", running.mirror.journal != new.mirror.journal),
+        ("mirror.journal_max_bytes", running.mirror.journal_max_bytes != new.mirror.journal_max_bytes),
+        ("mirror.queue_len", !backends_replaced && running.mirror.queue_len != new.mirror.queue_len),
+        ("compare.log", running.compare.log != new.compare.log),
+        ("compare.log_max_bytes", running.compare.log_max_bytes != new.compare.log_max_bytes),
     ];
     changed.into_iter().filter(|(_, differs)| *differs).map(|(field, _)| field).collect()
 }

@@ -97,13 +97,14 @@ pub fn effect(name: &str, argv: &[&[u8]], reply: &Bytes, now_ms: impl Fn() -> u6
         "restore" => restore(argv, now()),
         // Pops → removal of what was popped.
         "spop" => spop(argv, reply),
-        "blpop" => blocking_pop(reply, "LPOP"),
-        "brpop" => blocking_pop(reply, "RPOP"),
+        // Blocking pops remove what was popped by value (see `blocking_pop`).
+        "blpop" => blocking_pop(reply, true),
+        "brpop" => blocking_pop(reply, false),
         "blmove" => blmove(argv, reply),
         "brpoplpush" => brpoplpush(argv, reply),
         "bzpopmin" | "bzpopmax" => bzpop(reply),
-        "lmpop" => lmpop(argv, reply, 1),
-        "blmpop" => lmpop(argv, reply, 2),
+        "lmpop" => lmpop(argv, reply),
+        "blmpop" => blmpop(argv, reply),
         "zmpop" => zmpop(reply),
         "bzmpop" => zmpop(reply),
         "zpopmin" | "zpopmax" => zpop(argv, reply),
@@ -589,42 +590,106 @@ fn removal(cmd: &'static str, key: Bytes, members: Option<Vec<Bytes>>) -> Effect
     }
 }
 
-/// `BLPOP k.. t` → `LPOP key` for the key in the reply `[key, elem]` (`BRPOP` → `RPOP`).
-fn blocking_pop(reply: &Bytes, cmd: &'static str) -> Effect {
+/// `BLPOP k.. t` → `LREM key 1 elem` for the reply `[key, elem]` (`BRPOP` → `LREM key -1
+/// elem`). By value, not by position: a blocking pop's effect is queued only after a fence
+/// through the serving backend's pooled connections (`fenced_mirror` in the client), so a
+/// push to the same list that Redis ran just after the pop can reach the mirror first. An
+/// `LPOP` would then take the newer element and leave the popped one; removing the popped
+/// value leaves what the source has in either order.
+fn blocking_pop(reply: &Bytes, from_head: bool) -> Effect {
     match value::parse(reply) {
         Some(Value::Nil) => Effect::Nothing,
-        Some(Value::Array(items)) if items.len() == 2 => match items.into_iter().next() {
-            Some(key) => match into_bytes(key) {
-                Some(key) => one(vec![name(cmd), key]),
-                None => Effect::Same,
-            },
+        Some(Value::Array(items)) if items.len() == 2 => {
+            let mut it = items.into_iter();
+            match (it.next().and_then(into_bytes), it.next().and_then(into_bytes)) {
+                (Some(key), Some(elem)) => one(lrem(key, from_head, elem)),
+                _ => Effect::Same,
+            }
+        }
+        _ => Effect::Same,
+    }
+}
+
+/// `LREM key 1 elem` (the first from the head) or `LREM key -1 elem` (from the tail).
+fn lrem(key: Bytes, from_head: bool, elem: Bytes) -> Vec<Bytes> {
+    vec![name("LREM"), key, number(if from_head { 1 } else { -1 }), elem]
+}
+
+/// `LEFT` → true, `RIGHT` → false.
+fn list_end(word: &[u8]) -> Option<bool> {
+    if keyword(word, "LEFT") {
+        Some(true)
+    } else if keyword(word, "RIGHT") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The popped element moved to `dst`: its removal from `src` by value, then the push.
+fn moved(src: &[u8], from_head: bool, dst: &[u8], to_head: bool, reply: &Bytes) -> Effect {
+    match value::parse(reply) {
+        Some(Value::Nil) => Effect::Nothing,
+        Some(v @ Value::Bulk(_)) => match into_bytes(v) {
+            Some(elem) => {
+                let push = vec![name(if to_head { "LPUSH" } else { "RPUSH" }), copy(dst), elem.clone()];
+                Effect::Rewritten(vec![lrem(copy(src), from_head, elem), push])
+            }
             None => Effect::Same,
         },
         _ => Effect::Same,
     }
 }
 
-/// `BLMOVE src dst from to t` → `LMOVE src dst from to`, if an element moved.
+/// `BLMOVE src dst from to t` → `LREM src ±1 elem` + `LPUSH|RPUSH dst elem`, if an element
+/// moved (by value, as `blocking_pop` says why).
 fn blmove(argv: &[&[u8]], reply: &Bytes) -> Effect {
     let &[_, src, dst, from, to, _timeout] = argv else {
         return Effect::Same;
     };
-    match value::parse(reply) {
-        Some(Value::Nil) => Effect::Nothing,
-        Some(Value::Bulk(_)) => one(vec![name("LMOVE"), copy(src), copy(dst), copy(from), copy(to)]),
+    match (list_end(from), list_end(to)) {
+        (Some(from_head), Some(to_head)) => moved(src, from_head, dst, to_head, reply),
         _ => Effect::Same,
     }
 }
 
-/// `BRPOPLPUSH src dst t` → `RPOPLPUSH src dst`, if an element moved.
+/// `BRPOPLPUSH src dst t` → `LREM src -1 elem` + `LPUSH dst elem`, if an element moved.
 fn brpoplpush(argv: &[&[u8]], reply: &Bytes) -> Effect {
     let &[_, src, dst, _timeout] = argv else {
         return Effect::Same;
     };
+    moved(src, false, dst, true, reply)
+}
+
+/// `BLMPOP t numkeys k.. LEFT|RIGHT [COUNT c]` → one `LREM key ±1 elem` per element of the
+/// reply `[key, [..]]`, in the order popped (by value, as `blocking_pop` says why).
+fn blmpop(argv: &[&[u8]], reply: &Bytes) -> Effect {
+    let direction = argv
+        .get(2)
+        .and_then(|n| int(n))
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| n.checked_add(3))
+        .and_then(|at| argv.get(at))
+        .and_then(|d| list_end(d));
+    let Some(from_head) = direction else {
+        return Effect::Same;
+    };
     match value::parse(reply) {
         Some(Value::Nil) => Effect::Nothing,
-        Some(Value::Bulk(_)) => one(vec![name("RPOPLPUSH"), copy(src), copy(dst)]),
-        _ => Effect::Same,
+        Some(parsed) => match key_and_payload(parsed) {
+            Some((key, Value::Array(elems))) => {
+                let elems: Option<Vec<Bytes>> = elems.into_iter().map(into_bytes).collect();
+                match elems {
+                    Some(elems) if elems.is_empty() => Effect::Nothing,
+                    Some(elems) => {
+                        Effect::Rewritten(elems.into_iter().map(|e| lrem(key.clone(), from_head, e)).collect())
+                    }
+                    None => Effect::Same,
+                }
+            }
+            _ => Effect::Same,
+        },
+        None => Effect::Same,
     }
 }
 
@@ -643,15 +708,15 @@ fn bzpop(reply: &Bytes) -> Effect {
     }
 }
 
-/// `LMPOP numkeys k.. LEFT|RIGHT [COUNT c]` (numkeys at `argv[1]`; `BLMPOP t numkeys ..` has it
-/// at `argv[2]`) → `LPOP key n` / `RPOP key n` for the `n` elements of the reply `[key, [..]]`.
-/// The count form is always used, so it pops exactly what the serving backend popped.
-fn lmpop(argv: &[&[u8]], reply: &Bytes, numkeys_at: usize) -> Effect {
+/// `LMPOP numkeys k.. LEFT|RIGHT [COUNT c]` → `LPOP key n` / `RPOP key n` for the `n` elements
+/// of the reply `[key, [..]]`. The count form is always used, so it pops exactly what the
+/// serving backend popped. (The blocking `BLMPOP` removes by value: `blmpop`.)
+fn lmpop(argv: &[&[u8]], reply: &Bytes) -> Effect {
     let direction = argv
-        .get(numkeys_at)
+        .get(1)
         .and_then(|n| int(n))
         .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| n.checked_add(numkeys_at + 1))
+        .and_then(|n| n.checked_add(2))
         .and_then(|at| argv.get(at));
     let cmd = match direction {
         Some(d) if keyword(d, "LEFT") => "LPOP",
@@ -1047,9 +1112,12 @@ mod tests {
     fn blpop_brpop() {
         assert_eq!(
             run("blpop", &["BLPOP", "a", "b", "0"], "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"),
-            rewritten(&[&["LPOP", "b"]])
+            rewritten(&[&["LREM", "b", "1", "x"]])
         );
-        assert_eq!(run("brpop", &["BRPOP", "a", "1.5"], "*2\r\n$1\r\na\r\n$1\r\nx\r\n"), rewritten(&[&["RPOP", "a"]]));
+        assert_eq!(
+            run("brpop", &["BRPOP", "a", "1.5"], "*2\r\n$1\r\na\r\n$1\r\nx\r\n"),
+            rewritten(&[&["LREM", "a", "-1", "x"]])
+        );
         assert_eq!(run("blpop", &["BLPOP", "a", "1"], "*-1\r\n"), Effect::Nothing);
         assert_eq!(run("blpop", &["BLPOP", "a", "1"], "_\r\n"), Effect::Nothing);
     }
@@ -1058,12 +1126,17 @@ mod tests {
     fn blmove_brpoplpush() {
         assert_eq!(
             run("blmove", &["BLMOVE", "s", "d", "LEFT", "right", "0"], "$1\r\nx\r\n"),
-            rewritten(&[&["LMOVE", "s", "d", "LEFT", "right"]])
+            rewritten(&[&["LREM", "s", "1", "x"], &["RPUSH", "d", "x"]])
         );
+        assert_eq!(
+            run("blmove", &["BLMOVE", "s", "s", "right", "LEFT", "0"], "$1\r\nx\r\n"),
+            rewritten(&[&["LREM", "s", "-1", "x"], &["LPUSH", "s", "x"]])
+        );
+        assert_eq!(run("blmove", &["BLMOVE", "s", "d", "UP", "LEFT", "0"], "$1\r\nx\r\n"), Effect::Same);
         assert_eq!(run("blmove", &["BLMOVE", "s", "d", "LEFT", "RIGHT", "0"], "_\r\n"), Effect::Nothing);
         assert_eq!(
             run("brpoplpush", &["BRPOPLPUSH", "s", "d", "0"], "$1\r\nx\r\n"),
-            rewritten(&[&["RPOPLPUSH", "s", "d"]])
+            rewritten(&[&["LREM", "s", "-1", "x"], &["LPUSH", "d", "x"]])
         );
         assert_eq!(run("brpoplpush", &["BRPOPLPUSH", "s", "d", "0"], "$-1\r\n"), Effect::Nothing);
     }
@@ -1090,7 +1163,7 @@ mod tests {
         );
         assert_eq!(
             run("blmpop", &["BLMPOP", "0", "1", "b", "right", "COUNT", "2"], two),
-            rewritten(&[&["RPOP", "b", "2"]])
+            rewritten(&[&["LREM", "b", "-1", "x"], &["LREM", "b", "-1", "y"]])
         );
         assert_eq!(
             run("lmpop", &["LMPOP", "1", "b", "RIGHT"], "*2\r\n$1\r\nb\r\n*1\r\n$1\r\nx\r\n"),
