@@ -85,15 +85,15 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ctl(args) => tandem::ctl::run(args),
         Command::Backfill(args) => {
-            init_logging("info", false);
+            let _log = init_logging("info", false);
             tandem::migrate::backfill::run(args)
         }
         Command::Verify(args) => {
-            init_logging("warn", false);
+            let _log = init_logging("warn", false);
             tandem::migrate::verify::run(args)
         }
         Command::Repair(args) => {
-            init_logging("info", false);
+            let _log = init_logging("info", false);
             tandem::migrate::repair::run(args)
         }
         Command::Run(args) => match run(args) {
@@ -145,7 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => false,
         None => config.log.format == LogFormat::Json,
     };
-    init_logging(&config.log.level, json);
+    let _log = init_logging(&config.log.level, json);
     admin_exposure_check(&config)?;
 
     let workers = config.workers.count();
@@ -153,7 +153,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // One event loop: no task is ever handed to another thread.
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("tandem-worker")
+            .enable_all()
+            .build()?
     };
     let workers_setting = config.workers;
     runtime.block_on(async move {
@@ -223,11 +227,15 @@ async fn wait_for_signal() {
     tracing::info!(signal = which, "shutting down");
 }
 
-fn init_logging(level: &str, json: bool) {
+/// Logs to stderr through a writer thread, so a stalled log pipe never stops the proxy's
+/// event loop (lines are dropped instead once 128k are waiting). Keep the guard until exit:
+/// dropping it writes what is still buffered.
+fn init_logging(level: &str, json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     // Colours only for a person at a terminal, never in log files or collectors.
     let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
@@ -235,6 +243,7 @@ fn init_logging(level: &str, json: bool) {
     } else {
         builder.init();
     }
+    guard
 }
 
 #[allow(dead_code)]

@@ -279,9 +279,15 @@ fn pops_and_generated_values_leave_identical_data() {
 fn a_blocked_pop_woken_by_another_client_is_mirrored_after_the_push() {
     // The pop's reply (dedicated connection) and the push's (pooled connection) are read
     // on different tasks; mirrored in the wrong order, the target would LPOP an empty list
-    // and then keep the pushed job, to be popped a second time after cutover.
-    // Two worker threads, where the two replies are also read on different threads.
-    let s = setup("mirror:\n  mode: async\nworkers: 2\n");
+    // and then keep the pushed job, to be popped a second time after cutover. With two
+    // worker threads the two replies are also read on different threads.
+    for workers in [1, 2] {
+        blocked_pops_follow_their_pushes(workers);
+    }
+}
+
+fn blocked_pops_follow_their_pushes(workers: u32) {
+    let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
     let mut pusher = RawConn::connect(s.proxy.addr());
     const WAITERS: usize = 40;
     const ROUNDS: usize = 5;
@@ -340,11 +346,11 @@ fn a_blocked_pop_woken_by_another_client_is_mirrored_after_the_push() {
     let stats = wait_mirror_idle(&s, "target");
     assert_identity(&stats);
     let left = s.target.cli(&["KEYS", "q:*"]);
-    assert!(left.is_empty(), "jobs popped on the source but still queued on the target: {left}");
+    assert!(left.is_empty(), "jobs popped on the source but still queued on the target (workers: {workers}): {left}");
     for i in 0..WAITERS {
         let key = format!("stack:{i}");
         assert_eq!(s.source.cli(&["LRANGE", &key, "0", "-1"]), "second");
-        assert_eq!(s.target.cli(&["LRANGE", &key, "0", "-1"]), "second", "{key} on the target");
+        assert_eq!(s.target.cli(&["LRANGE", &key, "0", "-1"]), "second", "{key} on the target, workers: {workers}");
     }
     let metrics = http::get(s.proxy.admin_port(), "/metrics");
     let fences = format!("tandem_mirror_pop_fence_seconds_count {}\n", WAITERS * (ROUNDS + 1));

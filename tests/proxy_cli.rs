@@ -154,3 +154,41 @@ fn backend_password_comes_from_env_and_never_leaks() {
         assert!(!log.contains(SECRET), "{log}");
     }
 }
+
+#[test]
+fn a_log_pipe_nobody_reads_never_stops_the_proxy() {
+    // Every client closed for a protocol error logs a line. With stderr a pipe that is
+    // never read, a proxy writing its log synchronously stops once the pipe's 64 KiB are
+    // full (about 400 lines); tandem's log writer drops lines instead.
+    let redis = RedisServer::start();
+    let (port, admin) = (support::free_port(), support::free_port());
+    /// Stops the proxy by PID even when an assertion fails first.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Stop(
+        Command::new(tandem_bin())
+            .args(["run", "--source", &redis.url(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tandem"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    support::wait_until(Duration::from_secs(10), "tandem listening", || {
+        support::probe_ping(&addr, Duration::from_millis(200)).is_some()
+    });
+    for _ in 0..3000 {
+        let mut c = RawConn::connect(&addr);
+        c.send(b"*1\r\n:5\r\n");
+        assert!(c.read_reply().starts_with(b"-ERR Protocol error"));
+    }
+    let mut c = RawConn::connect(&addr);
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+}
