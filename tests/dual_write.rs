@@ -286,22 +286,30 @@ fn a_blocked_pop_woken_by_another_client_is_mirrored_after_the_push() {
     }
 }
 
+/// One client per key, each blocked in `BLPOP key 10` on the source.
+fn blocked_pops(s: &Setup, keys: &[String]) -> Vec<RawConn> {
+    let waiters = keys
+        .iter()
+        .map(|key| {
+            let mut c = RawConn::connect(s.proxy.addr());
+            c.send_cmd(&["BLPOP", key, "10"]);
+            c
+        })
+        .collect();
+    support::wait_until(Duration::from_secs(10), "every BLPOP blocked on the source", || {
+        s.source.cli(&["INFO", "clients"]).contains(&format!("blocked_clients:{}", keys.len()))
+    });
+    waiters
+}
+
 fn blocked_pops_follow_their_pushes(workers: u32) {
     let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
     let mut pusher = RawConn::connect(s.proxy.addr());
     const WAITERS: usize = 40;
     const ROUNDS: usize = 5;
     for round in 0..ROUNDS {
-        let mut waiters: Vec<RawConn> = (0..WAITERS)
-            .map(|i| {
-                let mut c = RawConn::connect(s.proxy.addr());
-                c.send_cmd(&["BLPOP", &format!("q:{round}:{i}"), "10"]);
-                c
-            })
-            .collect();
-        support::wait_until(Duration::from_secs(10), "every BLPOP blocked on the source", || {
-            s.source.cli(&["INFO", "clients"]).contains(&format!("blocked_clients:{WAITERS}"))
-        });
+        let keys: Vec<String> = (0..WAITERS).map(|i| format!("q:{round}:{i}")).collect();
+        let mut waiters = blocked_pops(&s, &keys);
         // One pipelined read of pushes feeds all of them.
         let mut pushes = Vec::new();
         for i in 0..WAITERS {
@@ -319,16 +327,8 @@ fn blocked_pops_follow_their_pushes(workers: u32) {
     // A stack: two pushes in one pipeline, the first woken pop takes the first push and the
     // second stays. The second push's reply reaches tandem before the fence is answered, so
     // its effect is queued before the pop's: a positional LPOP would take the wrong one.
-    let mut waiters: Vec<RawConn> = (0..WAITERS)
-        .map(|i| {
-            let mut c = RawConn::connect(s.proxy.addr());
-            c.send_cmd(&["BLPOP", &format!("stack:{i}"), "10"]);
-            c
-        })
-        .collect();
-    support::wait_until(Duration::from_secs(10), "every BLPOP blocked on the source", || {
-        s.source.cli(&["INFO", "clients"]).contains(&format!("blocked_clients:{WAITERS}"))
-    });
+    let keys: Vec<String> = (0..WAITERS).map(|i| format!("stack:{i}")).collect();
+    let mut waiters = blocked_pops(&s, &keys);
     let mut pushes = Vec::new();
     for i in 0..WAITERS {
         let key = format!("stack:{i}");

@@ -626,6 +626,13 @@ fn list_end(word: &[u8]) -> Option<bool> {
     }
 }
 
+/// The end `LMPOP`/`BLMPOP` pop from (true: `LEFT`): the word after the `numkeys` keys, with
+/// `numkeys` at `argv[numkeys_at]`.
+fn mpop_end(argv: &[&[u8]], numkeys_at: usize) -> Option<bool> {
+    let numkeys = usize::try_from(int(argv.get(numkeys_at)?)?).ok()?;
+    list_end(argv.get(numkeys.checked_add(numkeys_at + 1)?)?)
+}
+
 /// The popped element moved to `dst`: its removal from `src` by value, then the push.
 fn moved(src: &[u8], from_head: bool, dst: &[u8], to_head: bool, reply: &Bytes) -> Effect {
     match value::parse(reply) {
@@ -664,14 +671,7 @@ fn brpoplpush(argv: &[&[u8]], reply: &Bytes) -> Effect {
 /// `BLMPOP t numkeys k.. LEFT|RIGHT [COUNT c]` → one `LREM key ±1 elem` per element of the
 /// reply `[key, [..]]`, in the order popped (by value, as `blocking_pop` says why).
 fn blmpop(argv: &[&[u8]], reply: &Bytes) -> Effect {
-    let direction = argv
-        .get(2)
-        .and_then(|n| int(n))
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| n.checked_add(3))
-        .and_then(|at| argv.get(at))
-        .and_then(|d| list_end(d));
-    let Some(from_head) = direction else {
+    let Some(from_head) = mpop_end(argv, 2) else {
         return Effect::Same;
     };
     match value::parse(reply) {
@@ -712,16 +712,10 @@ fn bzpop(reply: &Bytes) -> Effect {
 /// of the reply `[key, [..]]`. The count form is always used, so it pops exactly what the
 /// serving backend popped. (The blocking `BLMPOP` removes by value: `blmpop`.)
 fn lmpop(argv: &[&[u8]], reply: &Bytes) -> Effect {
-    let direction = argv
-        .get(1)
-        .and_then(|n| int(n))
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| n.checked_add(2))
-        .and_then(|at| argv.get(at));
-    let cmd = match direction {
-        Some(d) if keyword(d, "LEFT") => "LPOP",
-        Some(d) if keyword(d, "RIGHT") => "RPOP",
-        _ => return Effect::Same,
+    let cmd = match mpop_end(argv, 1) {
+        Some(true) => "LPOP",
+        Some(false) => "RPOP",
+        None => return Effect::Same,
     };
     let Some(parsed) = value::parse(reply) else {
         return Effect::Same;
