@@ -85,15 +85,15 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ctl(args) => tandem::ctl::run(args),
         Command::Backfill(args) => {
-            let _log = init_logging("info", false);
+            let _log = init_logging("info", false, false);
             tandem::migrate::backfill::run(args)
         }
         Command::Verify(args) => {
-            let _log = init_logging("warn", false);
+            let _log = init_logging("warn", false, false);
             tandem::migrate::verify::run(args)
         }
         Command::Repair(args) => {
-            let _log = init_logging("info", false);
+            let _log = init_logging("info", false, false);
             tandem::migrate::repair::run(args)
         }
         Command::Run(args) => match run(args) {
@@ -145,7 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => false,
         None => config.log.format == LogFormat::Json,
     };
-    let _log = init_logging(&config.log.level, json);
+    let _log = init_logging(&config.log.level, json, true);
     admin_exposure_check(&config)?;
 
     let workers = config.workers.count();
@@ -227,14 +227,16 @@ async fn wait_for_signal() {
     tracing::info!(signal = which, "shutting down");
 }
 
-/// Logs to stderr through a writer thread, so a stalled log pipe never stops the proxy's
-/// event loop (lines are dropped instead once 128k are waiting). Keep the guard until exit:
-/// dropping it writes what is still buffered.
-fn init_logging(level: &str, json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr through a writer thread. For the proxy (`lossy`), a stalled log pipe never
+/// stops the event loop: lines are dropped once 128k are waiting. The command-line tools
+/// wait instead, so no line of their report is lost. Keep the guard until exit: dropping it
+/// writes what is still buffered.
+fn init_logging(level: &str, json: bool, lossy: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(lossy).finish(std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     // Colours only for a person at a terminal, never in log files or collectors.
     let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));

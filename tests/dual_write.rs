@@ -396,6 +396,50 @@ fn a_client_s_pipelined_blocking_moves_are_mirrored_in_its_order() {
 }
 
 #[test]
+fn a_write_behind_a_fenced_pop_on_the_same_connection_is_mirrored_after_it() {
+    // The pinned client's LMOVE is answered right after the BLMOVE; its effect would be
+    // queued at once while the BLMOVE's waits for its fence, and the mirror would move
+    // nothing out of the still-empty `b`.
+    for workers in [1, 2] {
+        let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
+        let mut mover = RawConn::connect(s.proxy.addr());
+        assert_eq!(mover.request(&["CLIENT", "TRACKING", "ON"]), b"+OK\r\n");
+        let mut pusher = RawConn::connect(s.proxy.addr());
+        for i in 0..10 {
+            let mut both = encode_cmd(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "10"]);
+            both.extend_from_slice(&encode_cmd(&["LMOVE", "b", "c", "LEFT", "RIGHT"]));
+            mover.send(&both);
+            support::wait_until(Duration::from_secs(10), "the BLMOVE blocked", || {
+                s.source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
+            });
+            let job = format!("job{i}");
+            assert_eq!(pusher.request(&["RPUSH", "a", &job]), b":1\r\n");
+            for _ in 0..2 {
+                assert_eq!(text(mover.read_reply()), format!("${}\r\n{job}\r\n", job.len()));
+            }
+        }
+        wait_mirror_idle(&s, "target");
+        for key in ["a", "b", "c"] {
+            let source = s.source.cli(&["LRANGE", key, "0", "-1"]);
+            assert_eq!(s.target.cli(&["LRANGE", key, "0", "-1"]), source, "{key} with workers: {workers}");
+        }
+        assert_eq!(s.target.cli(&["LLEN", "c"]), "10");
+    }
+}
+
+#[test]
+fn a_popped_element_missing_on_the_target_is_counted_as_diverged() {
+    let s = setup("mirror:\n  mode: async\n");
+    // Written to the source behind tandem's back: the target never had it.
+    s.source.cli(&["RPUSH", "q", "job"]);
+    let mut c = RawConn::connect(s.proxy.addr());
+    assert_eq!(c.request(&["BLPOP", "q", "1"]), b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n");
+    let stats = wait_mirror_idle(&s, "target");
+    assert_identity(&stats);
+    assert_eq!(stats["diverged"], 1, "the LREM that removed nothing: {stats}");
+}
+
+#[test]
 fn evalsha_unknown_to_the_mirror_is_sent_as_eval() {
     let s = setup("mirror:\n  mode: async\n");
     let mut c = RawConn::connect(s.proxy.addr());

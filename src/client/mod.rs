@@ -714,6 +714,11 @@ impl Session {
         keys: &[usize],
     ) -> Result<Flow, Gone> {
         proxy.metrics.split.inc();
+        // The parts' effects are queued as their replies arrive: let a delayed effect of this
+        // client (a fenced blocking pop) be queued first.
+        if self.mirror_waiting() {
+            self.barrier().await?;
+        }
         let write = info.is_some_and(|i| i.flags.contains(Flags::WRITE));
         let cmd = info.map_or(OTHER_ID, |i| i.id);
         // MSET carries a value after each key.

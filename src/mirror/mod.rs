@@ -317,7 +317,11 @@ impl Mirrors {
                 for c in &cmds {
                     buf.put(reply::command(c));
                 }
-                (buf.freeze(), cmds.len() as u32, None)
+                // A popped element removed by value must be there to remove: a miss is a
+                // target that differs, counted as diverged and journaled.
+                let removal = cmds.last().and_then(|c| c.first()).is_some_and(|n| n.as_ref() == b"LREM");
+                let expect = removal.then(|| Bytes::from_static(b":1\r\n"));
+                (buf.freeze(), cmds.len() as u32, expect)
             }
         };
         drop(argv);
