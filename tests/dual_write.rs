@@ -359,47 +359,21 @@ fn blocked_pops_follow_their_pushes(workers: u32) {
 
 #[test]
 fn a_client_s_pipelined_blocking_moves_are_mirrored_in_its_order() {
-    // A client held on its dedicated connection (client tracking) pipelines two moves: the
-    // second moves on what the first moved. Each waits for a fence; the second's effect must
-    // still come after the first's, or the mirror moves nothing out of `b`.
-    for workers in [1, 2] {
-        let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
-        let mut mover = RawConn::connect(s.proxy.addr());
-        assert_eq!(mover.request(&["CLIENT", "TRACKING", "ON"]), b"+OK\r\n");
-        let mut moves = Vec::new();
-        for _ in 0..20 {
-            moves.extend_from_slice(&encode_cmd(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "10"]));
-            moves.extend_from_slice(&encode_cmd(&["BLMOVE", "b", "c", "LEFT", "RIGHT", "10"]));
-        }
-        mover.send(&moves);
-        let mut pusher = RawConn::connect(s.proxy.addr());
-        for i in 0..20 {
-            support::wait_until(Duration::from_secs(10), "the BLMOVE blocked", || {
-                s.source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
-            });
-            assert_eq!(pusher.request(&["RPUSH", "a", &format!("job{i}")]), b":1\r\n");
-            let job = format!("job{i}");
-            for _ in 0..2 {
-                assert_eq!(text(mover.read_reply()), format!("${}\r\n{job}\r\n", job.len()));
-            }
-        }
-        wait_mirror_idle(&s, "target");
-        for key in ["a", "b", "c"] {
-            assert_eq!(
-                s.target.cli(&["LRANGE", key, "0", "-1"]),
-                s.source.cli(&["LRANGE", key, "0", "-1"]),
-                "{key} with workers: {workers}"
-            );
-        }
-        assert_eq!(s.target.cli(&["LLEN", "c"]), "20");
-    }
+    // Both moves wait for a fence; the second's effect must still come after the first's.
+    pinned_moves_keep_their_order(&["BLMOVE", "b", "c", "LEFT", "RIGHT", "10"]);
 }
 
 #[test]
 fn a_write_behind_a_fenced_pop_on_the_same_connection_is_mirrored_after_it() {
-    // The pinned client's LMOVE is answered right after the BLMOVE; its effect would be
-    // queued at once while the BLMOVE's waits for its fence, and the mirror would move
-    // nothing out of the still-empty `b`.
+    // The LMOVE is answered right after the BLMOVE; its effect would be queued at once while
+    // the BLMOVE's waits for its fence.
+    pinned_moves_keep_their_order(&["LMOVE", "b", "c", "LEFT", "RIGHT"]);
+}
+
+/// A client held on its dedicated connection (client tracking) pipelines `BLMOVE a b` and
+/// then `second`, which moves on from `b` to `c`, ten times, each fed by one push onto `a`.
+/// Mirrored out of order, the second move finds `b` still empty on the target.
+fn pinned_moves_keep_their_order(second: &[&str]) {
     for workers in [1, 2] {
         let s = setup(&format!("mirror:\n  mode: async\nworkers: {workers}\n"));
         let mut mover = RawConn::connect(s.proxy.addr());
@@ -407,7 +381,7 @@ fn a_write_behind_a_fenced_pop_on_the_same_connection_is_mirrored_after_it() {
         let mut pusher = RawConn::connect(s.proxy.addr());
         for i in 0..10 {
             let mut both = encode_cmd(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "10"]);
-            both.extend_from_slice(&encode_cmd(&["LMOVE", "b", "c", "LEFT", "RIGHT"]));
+            both.extend_from_slice(&encode_cmd(second));
             mover.send(&both);
             support::wait_until(Duration::from_secs(10), "the BLMOVE blocked", || {
                 s.source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
