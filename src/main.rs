@@ -227,16 +227,23 @@ async fn wait_for_signal() {
     tracing::info!(signal = which, "shutting down");
 }
 
+/// Lines a stalled log pipe may leave waiting before the proxy drops new ones.
+const LOG_LINES_WAITING: usize = 4096;
+
 /// Logs to stderr through a writer thread. For the proxy (`lossy`), a stalled log pipe never
-/// stops the event loop: lines are dropped once 128k are waiting. The command-line tools
+/// stops the event loop: lines are dropped once `LOG_LINES_WAITING` are waiting. The command-line tools
 /// wait instead, so no line of their report is lost. Keep the guard until exit: dropping it
 /// writes what is still buffered.
 fn init_logging(level: &str, json: bool, lossy: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(lossy).finish(std::io::stderr());
+    // The queue is allocated whole up front: 4096 lines (128 KiB) rather than the crate's
+    // default 128k lines (4 MiB, measured as +4 MiB RSS).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(lossy)
+        .buffered_lines_limit(LOG_LINES_WAITING)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     // Colours only for a person at a terminal, never in log files or collectors.
     let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
