@@ -1307,8 +1307,9 @@ struct Order {
 /// popped again after cutover. So the effect waits for a PING through every pooled
 /// connection to the serving backend: once those are answered, every reply Redis sent on
 /// them before the pop's has been read and its effect queued. (Pushes Redis ran after the
-/// pop may then be queued first; the effect removes the popped value, not the head, so
-/// that order does no harm: `mirror::effect`.) The wait is bounded by `mirror.timeout`;
+/// pop may then be queued first; the effect removes the popped value, not the head, so a
+/// push onto the other end or of another value does no harm: `mirror::effect`.) The wait
+/// is bounded by `mirror.timeout`;
 /// after that the effect is queued anyway and `tandem_mirror_pop_fence_late_total` counts
 /// it. Writes the client sends on the same dedicated connection meanwhile wait their turn
 /// (`order.after`), and the client hears each reply only once its effect is queued, like
