@@ -608,10 +608,6 @@ impl Lanes {
         conns.iter().flatten().map(|set| set[lane % set.len()].clone()).collect()
     }
 
-    pub(super) fn queued(&self, lane: usize) -> usize {
-        self.node_conns(lane).iter().map(|c| c.queued()).sum()
-    }
-
     pub(super) async fn send(self: &Arc<Self>, job: Job, lane: usize) {
         if self.redirecting(lane) {
             // Earlier commands of this lane are being redirected: queue behind them.

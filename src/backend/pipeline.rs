@@ -47,8 +47,6 @@ struct Waiter {
     skip: u32,
     sink: Sink,
     picked: Option<bytes::Bytes>,
-    /// Every frame so far, for a [`Sink::Frames`].
-    frames: Vec<bytes::Bytes>,
     /// Commands it stands for, towards [`MAX_OUTSTANDING`].
     weight: usize,
 }
@@ -56,8 +54,9 @@ struct Waiter {
 impl Waiter {
     fn take(&mut self, frame: bytes::Bytes) {
         self.left -= 1;
-        if matches!(self.sink, Sink::Frames(..)) {
-            self.frames.push(frame);
+        if let Sink::Frames(frames, _) = &mut self.sink {
+            // Its chunks were written: the vector now collects the reply frames.
+            frames.push(frame);
         } else if self.skip == 0 && self.picked.is_none() {
             self.picked = Some(frame);
         } else {
@@ -68,7 +67,7 @@ impl Waiter {
     /// Hands over what arrived: everything, or what did before `err` ended the connection.
     fn complete(self, err: Option<BackendError>) {
         match (self.sink, err) {
-            (Sink::Frames(_, f), err) => f(self.frames, err),
+            (Sink::Frames(frames, f), err) => f(frames, err),
             (sink, None) => sink.deliver(Ok(self.picked.unwrap_or_default())),
             (sink, Some(err)) => sink.deliver(Err(err)),
         }
@@ -300,11 +299,14 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
             }
             weight
         }
-        Sink::Frames(chunks, f) => {
+        Sink::Frames(mut chunks, f) => {
             for chunk in &chunks {
                 out.extend_from_slice(chunk);
             }
-            wait_for(&mut waiters, job.replies, job.pick, Sink::Frames(Vec::new(), f))
+            // The same vector collects the reply frames (`Waiter::take`).
+            chunks.clear();
+            chunks.reserve(job.replies as usize);
+            wait_for(&mut waiters, job.replies, job.pick, Sink::Frames(chunks, f))
         }
         sink => wait_for(&mut waiters, job.replies, job.pick, sink),
     };
@@ -314,11 +316,8 @@ fn push(shared: &Shared, out: &mut BytesMut, job: Job) -> usize {
 
 /// Registers who waits for `replies` frames; returns the commands it stands for.
 fn wait_for(waiters: &mut VecDeque<Waiter>, replies: u32, pick: u32, sink: Sink) -> usize {
-    let (frames, weight) = match sink {
-        Sink::Frames(..) => (Vec::with_capacity(replies as usize), replies as usize),
-        _ => (Vec::new(), 1),
-    };
-    let waiter = Waiter { left: replies, skip: pick, sink, picked: None, frames, weight };
+    let weight = if matches!(sink, Sink::Frames(..)) { replies as usize } else { 1 };
+    let waiter = Waiter { left: replies, skip: pick, sink, picked: None, weight };
     if replies == 0 {
         waiter.complete(None);
         0

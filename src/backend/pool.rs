@@ -60,14 +60,6 @@ impl SharedConn {
         }
     }
 
-    /// Jobs waiting in the queue(s) (not yet written to a backend).
-    pub fn queued(&self) -> usize {
-        match &self.0 {
-            Shared::Node(c) => c.queued(),
-            Shared::Cluster(lanes, lane) => lanes.queued(*lane),
-        }
-    }
-
     /// Queues a job; waits only if a connection's queue is full.
     pub async fn send(&self, job: Job) {
         match &self.0 {
@@ -131,11 +123,6 @@ impl NodeConn {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
         })
-    }
-
-    /// Jobs waiting in the queue (not yet written to the backend).
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues a job; waits only if the connection's queue is full.

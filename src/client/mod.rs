@@ -127,7 +127,7 @@ impl Gather {
     /// Adds a command; true when the gather is full and should be sent.
     fn add(&mut self, job: Job) -> bool {
         self.jobs.push(job);
-        self.jobs.len() >= GATHER_MAX || self.jobs.bytes() >= 64 * 1024
+        self.jobs.len() >= GATHER_MAX || self.jobs.bytes() >= crate::backend::BATCH_BYTES
     }
 }
 

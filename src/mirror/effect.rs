@@ -57,6 +57,9 @@ pub enum Effect {
     Same,
     /// Send these commands instead, in order (each an argv).
     Rewritten(Vec<Vec<Bytes>>),
+    /// Send these commands instead; the last removes a popped element by value (`LREM`) and
+    /// must answer `:1`: an element missing on the mirror means its list differs.
+    Removal(Vec<Vec<Bytes>>),
     /// Nothing to mirror (the serving reply shows no change, e.g. `SPOP` on an empty set, or an
     /// error reply).
     Nothing,
@@ -605,7 +608,7 @@ fn blocking_pop(reply: &Bytes, from_head: bool) -> Effect {
         Some(Value::Array(items)) if items.len() == 2 => {
             let mut it = items.into_iter();
             match (it.next().and_then(into_bytes), it.next().and_then(into_bytes)) {
-                (Some(key), Some(elem)) => one(lrem(key, from_head, elem)),
+                (Some(key), Some(elem)) => Effect::Removal(vec![lrem(key, from_head, elem)]),
                 _ => Effect::Same,
             }
         }
@@ -645,7 +648,7 @@ fn moved(src: &[u8], from_head: bool, dst: &[u8], to_head: bool, reply: &Bytes) 
             // element at the end it was taken from, and the last reply is the LREM's.
             Some(elem) => {
                 let push = vec![name(if to_head { "LPUSH" } else { "RPUSH" }), copy(dst), elem.clone()];
-                Effect::Rewritten(vec![push, lrem(copy(src), from_head, elem)])
+                Effect::Removal(vec![push, lrem(copy(src), from_head, elem)])
             }
             None => Effect::Same,
         },
@@ -687,7 +690,7 @@ fn blmpop(argv: &[&[u8]], reply: &Bytes) -> Effect {
                 match elems {
                     Some(elems) if elems.is_empty() => Effect::Nothing,
                     Some(elems) => {
-                        Effect::Rewritten(elems.into_iter().map(|e| lrem(key.clone(), from_head, e)).collect())
+                        Effect::Removal(elems.into_iter().map(|e| lrem(key.clone(), from_head, e)).collect())
                     }
                     None => Effect::Same,
                 }
@@ -880,10 +883,16 @@ mod tests {
         run_with(name, argv, reply, &ScriptCache::new())
     }
 
+    fn argvs(cmds: &[&[&str]]) -> Vec<Vec<Bytes>> {
+        cmds.iter().map(|c| c.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()).collect()
+    }
+
     fn rewritten(cmds: &[&[&str]]) -> Effect {
-        Effect::Rewritten(
-            cmds.iter().map(|c| c.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()).collect(),
-        )
+        Effect::Rewritten(argvs(cmds))
+    }
+
+    fn removed(cmds: &[&[&str]]) -> Effect {
+        Effect::Removal(argvs(cmds))
     }
 
     // --- errors and the default ---
@@ -1111,11 +1120,11 @@ mod tests {
     fn blpop_brpop() {
         assert_eq!(
             run("blpop", &["BLPOP", "a", "b", "0"], "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"),
-            rewritten(&[&["LREM", "b", "1", "x"]])
+            removed(&[&["LREM", "b", "1", "x"]])
         );
         assert_eq!(
             run("brpop", &["BRPOP", "a", "1.5"], "*2\r\n$1\r\na\r\n$1\r\nx\r\n"),
-            rewritten(&[&["LREM", "a", "-1", "x"]])
+            removed(&[&["LREM", "a", "-1", "x"]])
         );
         assert_eq!(run("blpop", &["BLPOP", "a", "1"], "*-1\r\n"), Effect::Nothing);
         assert_eq!(run("blpop", &["BLPOP", "a", "1"], "_\r\n"), Effect::Nothing);
@@ -1125,17 +1134,17 @@ mod tests {
     fn blmove_brpoplpush() {
         assert_eq!(
             run("blmove", &["BLMOVE", "s", "d", "LEFT", "right", "0"], "$1\r\nx\r\n"),
-            rewritten(&[&["RPUSH", "d", "x"], &["LREM", "s", "1", "x"]])
+            removed(&[&["RPUSH", "d", "x"], &["LREM", "s", "1", "x"]])
         );
         assert_eq!(
             run("blmove", &["BLMOVE", "s", "s", "right", "LEFT", "0"], "$1\r\nx\r\n"),
-            rewritten(&[&["LPUSH", "s", "x"], &["LREM", "s", "-1", "x"]])
+            removed(&[&["LPUSH", "s", "x"], &["LREM", "s", "-1", "x"]])
         );
         assert_eq!(run("blmove", &["BLMOVE", "s", "d", "UP", "LEFT", "0"], "$1\r\nx\r\n"), Effect::Same);
         assert_eq!(run("blmove", &["BLMOVE", "s", "d", "LEFT", "RIGHT", "0"], "_\r\n"), Effect::Nothing);
         assert_eq!(
             run("brpoplpush", &["BRPOPLPUSH", "s", "d", "0"], "$1\r\nx\r\n"),
-            rewritten(&[&["LPUSH", "d", "x"], &["LREM", "s", "-1", "x"]])
+            removed(&[&["LPUSH", "d", "x"], &["LREM", "s", "-1", "x"]])
         );
         assert_eq!(run("brpoplpush", &["BRPOPLPUSH", "s", "d", "0"], "$-1\r\n"), Effect::Nothing);
     }
@@ -1162,7 +1171,7 @@ mod tests {
         );
         assert_eq!(
             run("blmpop", &["BLMPOP", "0", "1", "b", "right", "COUNT", "2"], two),
-            rewritten(&[&["LREM", "b", "-1", "x"], &["LREM", "b", "-1", "y"]])
+            removed(&[&["LREM", "b", "-1", "x"], &["LREM", "b", "-1", "y"]])
         );
         assert_eq!(
             run("lmpop", &["LMPOP", "1", "b", "RIGHT"], "*2\r\n$1\r\nb\r\n*1\r\n$1\r\nx\r\n"),
@@ -1562,7 +1571,7 @@ mod tests {
             let argv_refs: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
             let reply = Bytes::from(reply);
             let out = effect(name, &argv_refs, &reply, || now, &scripts);
-            if let Effect::Rewritten(cmds) = &out {
+            if let Effect::Rewritten(cmds) | Effect::Removal(cmds) = &out {
                 prop_assert!(!cmds.is_empty());
                 prop_assert!(cmds.iter().all(|c| c.len() >= 2));
             }

@@ -204,6 +204,15 @@ impl Ticket {
     }
 }
 
+/// Commands (each an argv) encoded one after another.
+fn commands(cmds: &[Vec<Bytes>]) -> Bytes {
+    let mut buf = BytesMut::new();
+    for c in cmds {
+        buf.put(reply::command(c));
+    }
+    buf.freeze()
+}
+
 fn error_text(frame: &[u8]) -> String {
     String::from_utf8_lossy(frame.get(1..frame.len().saturating_sub(2)).unwrap_or_default()).into_owned()
 }
@@ -312,17 +321,9 @@ impl Mirrors {
                 let expect = effect::compare_reply(name).then(|| reply.clone());
                 (req.raw().clone(), 1, expect)
             }
-            Effect::Rewritten(cmds) => {
-                let mut buf = BytesMut::new();
-                for c in &cmds {
-                    buf.put(reply::command(c));
-                }
-                // A popped element removed by value must be there to remove: a miss is a
-                // target that differs, counted as diverged and journaled.
-                let removal = cmds.last().and_then(|c| c.first()).is_some_and(|n| n.as_ref() == b"LREM");
-                let expect = removal.then(|| Bytes::from_static(b":1\r\n"));
-                (buf.freeze(), cmds.len() as u32, expect)
-            }
+            Effect::Rewritten(cmds) => (commands(&cmds), cmds.len() as u32, None),
+            // A miss is a target that differs: counted as diverged and journaled.
+            Effect::Removal(cmds) => (commands(&cmds), cmds.len() as u32, Some(Bytes::from_static(b":1\r\n"))),
         };
         drop(argv);
         queue.write(payload, count, db, expect, cmd, smallvec![req.clone()], done);
@@ -358,7 +359,8 @@ impl Mirrors {
                     buf.put(req.raw().clone());
                     count += 1;
                 }
-                Effect::Rewritten(rw) => {
+                // In a transaction only the EXEC reply is looked at: a removal is not checked.
+                Effect::Rewritten(rw) | Effect::Removal(rw) => {
                     for c in &rw {
                         buf.put(reply::command(c));
                         count += 1;
@@ -472,10 +474,6 @@ enum Op {
 /// Most ops gathered into one job.
 const BATCH_MAX: usize = 256;
 
-/// Bytes gathered for one queue before they are queued: a batch of large writes is cut
-/// short, as the connection's write buffer would cut it.
-const BATCH_BYTES: usize = 64 * 1024;
-
 /// Ops gathered for one queue on this thread.
 struct Gathered {
     core: Arc<Core>,
@@ -582,7 +580,8 @@ impl Core {
             let op = op.take()?;
             g.bytes += op.payload.len();
             g.ops.push(op);
-            if g.ops.len() < BATCH_MAX && g.bytes < BATCH_BYTES {
+            // Bytes: a batch of large writes is cut short, as the connection's write buffer would.
+            if g.ops.len() < BATCH_MAX && g.bytes < crate::backend::BATCH_BYTES {
                 return None;
             }
             g.bytes = 0;
