@@ -647,20 +647,8 @@ impl Session {
                 };
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                if blocking || (matches!(path, Path::Dedicated(_)) && self.mirror_waiting()) {
-                    let enqueue = move |frame: &Bytes| {
-                        mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
-                    };
-                    self.delayed_mirror(proxy, blocking.then_some(side), enqueue, client_tx)
-                } else {
-                    let hook = move |reply: Reply| {
-                        if let Ok(frame) = &reply {
-                            mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
-                        }
-                        reply
-                    };
-                    Sink::Hook(Box::new(hook), client_tx)
-                }
+                let enqueue = move |frame: &Bytes| mirrors.enqueue_effect(side.other(), cmd, &req, frame, db, done);
+                self.mirror_sink(proxy, path, blocking.then_some(side), enqueue, client_tx)
             }
             Also::Compare(sample) => {
                 let comparer = proxy.compare.clone();
@@ -714,11 +702,6 @@ impl Session {
         keys: &[usize],
     ) -> Result<Flow, Gone> {
         proxy.metrics.split.inc();
-        // The parts' effects are queued as their replies arrive: let a delayed effect of this
-        // client (a fenced blocking pop) be queued first.
-        if self.mirror_waiting() {
-            self.barrier().await?;
-        }
         let write = info.is_some_and(|i| i.flags.contains(Flags::WRITE));
         let cmd = info.map_or(OTHER_ID, |i| i.id);
         // MSET carries a value after each key.
@@ -759,13 +742,8 @@ impl Session {
                     mirror_waits.push(done_rx);
                     done_tx
                 });
-                let hook = move |reply: Reply| {
-                    if let Ok(frame) = &reply {
-                        mirrors.enqueue_effect(side.other(), cmd, &sub, frame, db, done);
-                    }
-                    reply
-                };
-                Sink::Hook(Box::new(hook), tx)
+                let enqueue = move |frame: &Bytes| mirrors.enqueue_effect(side.other(), cmd, &sub, frame, db, done);
+                self.mirror_sink(proxy, path, None, enqueue, tx)
             } else {
                 Sink::Reply(tx)
             };
@@ -883,20 +861,8 @@ impl Session {
                 });
                 let mirrors = proxy.mirrors();
                 let db = self.db;
-                if matches!(path, Path::Dedicated(_)) && self.mirror_waiting() {
-                    let enqueue = move |frame: &Bytes| {
-                        mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
-                    };
-                    self.delayed_mirror(proxy, None, enqueue, client_tx)
-                } else {
-                    let hook = move |reply: Reply| {
-                        if let Ok(frame) = &reply {
-                            mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
-                        }
-                        reply
-                    };
-                    Sink::Hook(Box::new(hook), client_tx)
-                }
+                let enqueue = move |frame: &Bytes| mirrors.enqueue_transaction(side.other(), &cmds, frame, db, done);
+                self.mirror_sink(proxy, path, None, enqueue, client_tx)
             }
         };
         let job = Job { payload: payload.freeze(), replies: n + 2, pick: n + 1, sink };
@@ -969,6 +935,30 @@ impl Session {
         }
         self.mirror_tail = None;
         false
+    }
+
+    /// The sink for a mirrored write sent over `path`: `enqueue` queues its effect as the
+    /// reply is read, on the connection's reader, unless it must wait, for a fence through
+    /// `fence`'s pooled connections (a blocking pop) or, on a dedicated connection, for this
+    /// client's earlier delayed effect ([`Session::delayed_mirror`]).
+    fn mirror_sink(
+        &mut self,
+        proxy: &Proxy,
+        path: Path,
+        fence: Option<Side>,
+        enqueue: impl FnOnce(&Bytes) + Send + 'static,
+        client: oneshot::Sender<Reply>,
+    ) -> Sink {
+        if fence.is_some() || (matches!(path, Path::Dedicated(_)) && self.mirror_waiting()) {
+            return self.delayed_mirror(proxy, fence, enqueue, client);
+        }
+        let hook = move |reply: Reply| {
+            if let Ok(frame) = &reply {
+                enqueue(frame);
+            }
+            reply
+        };
+        Sink::Hook(Box::new(hook), client)
     }
 
     /// The sink for a mirrored write on a dedicated connection whose effect cannot be queued
