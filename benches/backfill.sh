@@ -34,10 +34,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
-fi
+"$ROOT/scripts/need-packages.sh" redis-server:redis-server redis-cli:redis-tools
 if [ "$BUILD" = 1 ]; then (cd "$ROOT" && cargo build --release --quiet); fi
 
 WORK=$(mktemp -d)

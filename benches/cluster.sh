@@ -99,14 +99,7 @@ for t in "${TEST_LIST[@]}"; do
   [[ $t =~ ^[a-z_0-9]+$ ]] || { echo "cluster.sh: bad test name '$t'" >&2; exit 2; }
 done
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "cluster.sh: installing ${need[*]}" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/need-packages.sh" redis-server:redis-server redis-benchmark:redis-tools python3:python3
 for cmd in redis-server redis-cli redis-benchmark python3 timeout; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "cluster.sh: $cmd not found" >&2; exit 2; }
 done

@@ -50,15 +50,8 @@ for b in "${BINS[@]}"; do
   [[ -x $b ]] || { echo "instructions.sh: $b is not an executable (cargo build --release?)" >&2; exit 2; }
 done
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "instructions.sh: installing ${need[*]}" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/need-packages.sh" redis-server:redis-server redis-benchmark:redis-tools valgrind:valgrind \
+  python3:python3
 for cmd in redis-server redis-cli redis-benchmark valgrind callgrind_control python3 timeout; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "instructions.sh: $cmd not found" >&2; exit 2; }
 done

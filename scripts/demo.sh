@@ -14,15 +14,7 @@ KEYS=${DEMO_KEYS:-20000}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+./scripts/need-packages.sh redis-server:redis-server redis-cli:redis-tools python3:python3
 echo "building tandem (cargo build --release) ..."
 cargo build --release --quiet
 BIN=$PWD/target/release/tandem

@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 
 # kill(1) is procps's (the shell's builtin is not a program): the harness signals tandem
 # with it, and a bare Debian image has no procps.
+# python3: benches/compare.sh (free ports) and scripts/check-deploy.sh (its venv).
 ./scripts/need-packages.sh redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools \
-  nutcracker:nutcracker kill:procps
+  nutcracker:nutcracker kill:procps python3:python3
 redis-server --version
 
 if [ "${CI:-}" = "true" ]; then
+  # A bare rustup toolchain may lack the two components the checks below run.
+  if command -v rustup >/dev/null 2>&1; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
   cargo fmt --all -- --check
   cargo clippy --all-targets -- -D warnings
 fi
@@ -24,9 +27,10 @@ cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
 # The criterion benches, each run once as a smoke test (criterion takes no libtest flags).
 cargo test --benches
 # The comparison harness end to end, in miniature (seconds): direct Redis, twemproxy and the
-# debug tandem built above, mirror off and async + compare, and the RSS measurement. It exits
+# debug tandem built above, mirror off (one thread and auto) and async + compare, and the RSS
+# measurement. It exits
 # non-zero if any run fails, a tandem does not start or an idle client goes unanswered.
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 TANDEM_BIN="$TARGET_DIR/debug/tandem" RESULTS_DIR="$TARGET_DIR/bench-smoke" IDLE_CONNS=100 \
   benches/compare.sh --no-build --rounds 1 --requests 2000 --tests set,get,mset --pipelines "1 16" \
-  --modes off,async+compare5 --rss >/dev/null
+  --modes off,async+compare5,off-auto --rss >/dev/null
