@@ -85,15 +85,15 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ctl(args) => tandem::ctl::run(args),
         Command::Backfill(args) => {
-            let _log = init_logging("info", false, false);
+            init_logging("info", false, std::io::stderr);
             tandem::migrate::backfill::run(args)
         }
         Command::Verify(args) => {
-            let _log = init_logging("warn", false, false);
+            init_logging("warn", false, std::io::stderr);
             tandem::migrate::verify::run(args)
         }
         Command::Repair(args) => {
-            let _log = init_logging("info", false, false);
+            init_logging("info", false, std::io::stderr);
             tandem::migrate::repair::run(args)
         }
         Command::Run(args) => match run(args) {
@@ -145,7 +145,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => false,
         None => config.log.format == LogFormat::Json,
     };
-    let _log = init_logging(&config.log.level, json, true);
+    let (writer, _log) = proxy_log_writer();
+    init_logging(&config.log.level, json, writer);
     admin_exposure_check(&config)?;
 
     let workers = config.workers.count();
@@ -230,20 +231,25 @@ async fn wait_for_signal() {
 /// Lines a stalled log pipe may leave waiting before the proxy drops new ones.
 const LOG_LINES_WAITING: usize = 4096;
 
-/// Logs to stderr through a writer thread. For the proxy (`lossy`), a stalled log pipe never
-/// stops the event loop: lines are dropped once `LOG_LINES_WAITING` are waiting. The command-line tools
-/// wait instead, so no line of their report is lost. Keep the guard until exit: dropping it
-/// writes what is still buffered.
-fn init_logging(level: &str, json: bool, lossy: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// The proxy's stderr, written by a thread of its own: a stalled log pipe never stops the
+/// event loop; lines are dropped once `LOG_LINES_WAITING` are waiting. Keep the guard until
+/// exit: dropping it writes what is still buffered. The queue is allocated whole up front,
+/// so it is 4096 lines (128 KiB), not the crate's default 128k (4 MiB of RSS, measured).
+fn proxy_log_writer() -> (tracing_appender::non_blocking::NonBlocking, tracing_appender::non_blocking::WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_WAITING)
+        .finish(std::io::stderr())
+}
+
+/// Logs through `writer` (the command-line tools write stderr directly and lose nothing).
+fn init_logging<W>(level: &str, json: bool, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // The queue is allocated whole up front: 4096 lines (128 KiB) rather than the crate's
-    // default 128k lines (4 MiB, measured as +4 MiB RSS).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(lossy)
-        .buffered_lines_limit(LOG_LINES_WAITING)
-        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     // Colours only for a person at a terminal, never in log files or collectors.
     let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -252,7 +258,6 @@ fn init_logging(level: &str, json: bool, lossy: bool) -> tracing_appender::non_b
     } else {
         builder.init();
     }
-    guard
 }
 
 #[allow(dead_code)]

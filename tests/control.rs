@@ -394,6 +394,15 @@ fn workers_sets_the_proxy_threads_and_a_reload_keeps_them_with_a_warning() {
     support::wait_until(Duration::from_secs(5), "a second warning", || {
         proxy.log().matches("read only at start").count() >= 2
     });
+    // Other start-only fields say so too: the repair journal is opened once, at start.
+    let journal = proxy.dir().join("journal.jsonl");
+    let extra = format!("mirror:\n  mode: async\n  journal: {}\nworkers: 4\n", journal.display());
+    proxy.write_config(&yaml(&source, &target, 60.0, &extra));
+    support::wait_until(Duration::from_secs(5), "a warning naming the journal", || {
+        http::status(proxy.admin_port())["last_change"]["what"]
+            .as_str()
+            .is_some_and(|w| w.contains("workers, mirror.journal kept until restart"))
+    });
 
     // The next start reads it.
     let proxy4 = Tandem::start_config(&yaml(&source, &target, 50.0, "workers: 4\n"), &[]);

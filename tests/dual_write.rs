@@ -18,11 +18,19 @@ struct Setup {
 }
 
 fn setup(extra_yaml: &str) -> Setup {
+    setup_with("", extra_yaml)
+}
+
+/// [`setup`] with `target_yaml` added to the target backend's settings (4-space indented).
+fn setup_with(target_yaml: &str, extra_yaml: &str) -> Setup {
     let source = RedisServer::start();
     let target = RedisServer::start();
     let relay = Relay::start(target.addr());
-    let yaml =
-        format!("backends:\n  source:\n    url: {}\n  target:\n    url: {}\n{extra_yaml}", source.url(), relay.url());
+    let yaml = format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n{target_yaml}{extra_yaml}",
+        source.url(),
+        relay.url()
+    );
     let proxy = Tandem::start_config(&yaml, &[]);
     Setup { source, target, relay, proxy }
 }
@@ -132,7 +140,8 @@ fn a_pipeline_is_mirrored_in_batches_and_in_order() {
     // The writes went to the mirror as a few jobs, one per read of the source's replies,
     // not as one job per write.
     let jobs = stats["jobs"].as_u64().expect("jobs in /status");
-    assert!(jobs >= 1 && jobs <= n as u64 / 8, "{jobs} jobs for {n} pipelined writes: {stats}");
+    // At least one per 256 writes: a job is cut at 256 ops.
+    assert!(jobs >= (n as u64).div_ceil(256) && jobs <= n as u64 / 8, "{jobs} jobs for {n} pipelined writes: {stats}");
     let metrics = http::get(s.proxy.admin_port(), "/metrics");
     assert!(metrics.contains(&format!("tandem_mirror_jobs_total{{backend=\"target\"}} {jobs}")), "{metrics}");
 }
@@ -141,20 +150,11 @@ fn a_pipeline_is_mirrored_in_batches_and_in_order() {
 fn a_silent_mirror_is_sent_at_most_4096_unanswered_writes() {
     // The target accepts bytes and never answers; the silence timeout is long enough that
     // the mirror connection stays up for the whole test.
-    let source = RedisServer::start();
-    let target = RedisServer::start();
-    let relay = Relay::start(target.addr());
-    let yaml = format!(
-        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n    command_timeout: 60s\n\
-         mirror:\n  mode: async\n",
-        source.url(),
-        relay.url()
-    );
-    let proxy = Tandem::start_config(&yaml, &[]);
-    let mut c = RawConn::connect(proxy.addr());
+    let s = setup_with("    command_timeout: 60s\n", "mirror:\n  mode: async\n");
+    let mut c = RawConn::connect(s.proxy.addr());
     c.request(&["SET", "warm", "up"]);
-    http::wait_mirror_idle(proxy.admin_port());
-    relay.blackhole(true);
+    wait_mirror_idle(&s, "target");
+    s.relay.blackhole(true);
 
     // 8,000 writes of 1 KiB, pipelined: mirrored in batches of up to 256.
     let (n, value) = (8000, "x".repeat(1024));
@@ -172,18 +172,18 @@ fn a_silent_mirror_is_sent_at_most_4096_unanswered_writes() {
     // limit of unanswered commands, counted per write even inside a batch).
     let mut last = (u64::MAX, Instant::now());
     support::wait_until(Duration::from_secs(15), "the mirror stops writing", || {
-        let now = relay.swallowed();
+        let now = s.relay.swallowed();
         if now != last.0 {
             last = (now, Instant::now());
         }
         now > 0 && last.1.elapsed() >= Duration::from_millis(500)
     });
-    let sent = relay.swallowed();
+    let sent = s.relay.swallowed();
     let limit = 4096 * per_write + 256 * 1024 + 64 * 1024;
     assert!(sent <= limit, "{sent} bytes sent to a silent mirror, more than 4096 writes ({limit})");
     assert!(sent >= 4000 * per_write, "only {sent} bytes reached the mirror");
     // The rest wait in the queue, all still accounted as in flight.
-    let stats = http::status(proxy.admin_port())["mirror"]["towards"]["target"].clone();
+    let stats = mirror_stats(&s, "target");
     assert_eq!(stats["in_flight"], n as u64, "{stats}");
     assert_identity(&stats);
 }
@@ -399,6 +399,40 @@ fn pinned_moves_keep_their_order(second: &[&str]) {
         }
         assert_eq!(s.target.cli(&["LLEN", "c"]), "10");
     }
+}
+
+#[test]
+fn a_pop_whose_fence_is_late_is_mirrored_after_mirror_timeout() {
+    // The source answers 200 ms after each request (100 ms each way through the relay);
+    // the fence may take 20 ms (mirror.timeout). The pop's effect goes anyway, counted late.
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let slow = Relay::start(source.addr());
+    let yaml = format!(
+        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\nmirror:\n  mode: async\n  timeout: 20ms\n",
+        slow.url(),
+        target.url()
+    );
+    let proxy = Tandem::start_config(&yaml, &[]);
+    let mut c = RawConn::connect(proxy.addr());
+    assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
+    slow.set_delay(Duration::from_millis(100));
+    let mut waiter = RawConn::connect(proxy.addr());
+    waiter.send_cmd(&["BLPOP", "late", "10"]);
+    support::wait_until(Duration::from_secs(10), "the BLPOP blocked", || {
+        source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
+    });
+    assert_eq!(c.request(&["RPUSH", "late", "job"]), b":1\r\n");
+    let started = Instant::now();
+    assert_eq!(text(waiter.read_reply()), "*2\r\n$4\r\nlate\r\n$3\r\njob\r\n");
+    // Without the bound the reply would wait for the fence's 200 ms round trip.
+    assert!(started.elapsed() < Duration::from_millis(150), "the reply waited {:?}", started.elapsed());
+    let metrics = http::get(proxy.admin_port(), "/metrics");
+    assert!(metrics.contains("\ntandem_mirror_pop_fence_late_total 1\n"), "{metrics}");
+    // Both effects were queued before the reply was released: the push, then the removal.
+    let stats = http::wait_mirror_idle(proxy.admin_port())["mirror"]["towards"]["target"].clone();
+    assert_eq!((stats["applied"].as_u64(), stats["diverged"].as_u64()), (Some(2), Some(0)), "{stats}");
+    assert_eq!(target.cli(&["EXISTS", "late"]), "0");
 }
 
 #[test]

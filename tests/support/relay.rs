@@ -167,13 +167,13 @@ impl Relay {
     /// are discarded (so existing connections are desynchronised afterwards;
     /// use new ones). Connections stay open. EOFs are still propagated so
     /// closed sockets do not pile up.
+    pub fn blackhole(&self, on: bool) {
+        self.shared.blackhole.store(on, Ordering::SeqCst);
+    }
+
     /// Bytes the blackhole has swallowed so far.
     pub fn swallowed(&self) -> u64 {
         self.shared.swallowed.load(Ordering::SeqCst)
-    }
-
-    pub fn blackhole(&self, on: bool) {
-        self.shared.blackhole.store(on, Ordering::SeqCst);
     }
 
     /// Aborts every currently open connection with a TCP RST on both sides
