@@ -24,6 +24,10 @@ if [ "${CI:-}" = "true" ]; then
 fi
 ./scripts/check-deploy.sh
 cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+# Again on two worker threads (the suite above runs the default single event loop): the tests
+# where tasks racing on different threads would show.
+TANDEM_TEST_WORKERS=2 cargo test --test dual_write --test reliability --test ramp -- \
+  --test-threads="${TEST_THREADS:-4}"
 # The criterion benches, each run once as a smoke test (criterion takes no libtest flags).
 cargo test --benches
 # The comparison harness end to end, in miniature (seconds): direct Redis, twemproxy and the

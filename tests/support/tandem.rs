@@ -440,10 +440,20 @@ impl Tandem {
 
 /// Writes `yaml` to `dir/proxy.yaml` via a temp file + rename, so a
 /// concurrently reloading proxy never reads a half-written file.
+/// With `TANDEM_TEST_WORKERS=N` in the environment, a config that does not choose `workers`
+/// gets `workers: N`: `scripts/test.sh` runs the mirror and fault tests a second time that
+/// way, on the multi-threaded runtime, as the rest of the suite runs the default one thread.
+fn with_test_workers(yaml: &str) -> String {
+    match std::env::var("TANDEM_TEST_WORKERS") {
+        Ok(n) if !yaml.lines().any(|l| l.starts_with("workers:")) => format!("workers: {n}\n{yaml}"),
+        _ => yaml.to_string(),
+    }
+}
+
 fn write_config_file(dir: &Path, yaml: &str) -> PathBuf {
     let path = dir.join("proxy.yaml");
     let tmp = dir.join(".proxy.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
+    std::fs::write(&tmp, with_test_workers(yaml)).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
     std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("cannot rename config into {}: {e}", path.display()));
     path
 }
