@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use support::{encode_cmd, http, RawConn, RedisServer, Relay, Tandem};
 use tandem::route::{slot, CutoverPlan, Side};
 
-/// Source, target, a relay in front of the target, and the proxy.
+/// Source, target, a relay in front of one of them (the target, unless [`setup_with`] says
+/// otherwise), and the proxy.
 struct Setup {
     source: RedisServer,
     target: RedisServer,
@@ -18,18 +19,19 @@ struct Setup {
 }
 
 fn setup(extra_yaml: &str) -> Setup {
-    setup_with("", extra_yaml)
+    setup_with(Side::Target, "", extra_yaml)
 }
 
-/// [`setup`] with `target_yaml` added to the target backend's settings (4-space indented).
-fn setup_with(target_yaml: &str, extra_yaml: &str) -> Setup {
+/// [`setup`] with the relay in front of `relayed`, and `target_yaml` added to the target
+/// backend's settings (4-space indented).
+fn setup_with(relayed: Side, target_yaml: &str, extra_yaml: &str) -> Setup {
     let source = RedisServer::start();
     let target = RedisServer::start();
-    let relay = Relay::start(target.addr());
+    let relay = Relay::start(if relayed == Side::Source { source.addr() } else { target.addr() });
+    let (source_url, target_url) =
+        if relayed == Side::Source { (relay.url(), target.url()) } else { (source.url(), relay.url()) };
     let yaml = format!(
-        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\n{target_yaml}{extra_yaml}",
-        source.url(),
-        relay.url()
+        "backends:\n  source:\n    url: {source_url}\n  target:\n    url: {target_url}\n{target_yaml}{extra_yaml}"
     );
     let proxy = Tandem::start_config(&yaml, &[]);
     Setup { source, target, relay, proxy }
@@ -150,7 +152,7 @@ fn a_pipeline_is_mirrored_in_batches_and_in_order() {
 fn a_silent_mirror_is_sent_at_most_4096_unanswered_writes() {
     // The target accepts bytes and never answers; the silence timeout is long enough that
     // the mirror connection stays up for the whole test.
-    let s = setup_with("    command_timeout: 60s\n", "mirror:\n  mode: async\n");
+    let s = setup_with(Side::Target, "    command_timeout: 60s\n", "mirror:\n  mode: async\n");
     let mut c = RawConn::connect(s.proxy.addr());
     c.request(&["SET", "warm", "up"]);
     wait_mirror_idle(&s, "target");
@@ -405,34 +407,26 @@ fn pinned_moves_keep_their_order(second: &[&str]) {
 fn a_pop_whose_fence_is_late_is_mirrored_after_mirror_timeout() {
     // The source answers 200 ms after each request (100 ms each way through the relay);
     // the fence may take 20 ms (mirror.timeout). The pop's effect goes anyway, counted late.
-    let source = RedisServer::start();
-    let target = RedisServer::start();
-    let slow = Relay::start(source.addr());
-    let yaml = format!(
-        "backends:\n  source:\n    url: {}\n  target:\n    url: {}\nmirror:\n  mode: async\n  timeout: 20ms\n",
-        slow.url(),
-        target.url()
-    );
-    let proxy = Tandem::start_config(&yaml, &[]);
-    let mut c = RawConn::connect(proxy.addr());
+    let s = setup_with(Side::Source, "", "mirror:\n  mode: async\n  timeout: 20ms\n");
+    let mut c = RawConn::connect(s.proxy.addr());
     assert_eq!(c.request(&["PING"]), b"+PONG\r\n");
-    slow.set_delay(Duration::from_millis(100));
-    let mut waiter = RawConn::connect(proxy.addr());
+    s.relay.set_delay(Duration::from_millis(100));
+    let mut waiter = RawConn::connect(s.proxy.addr());
     waiter.send_cmd(&["BLPOP", "late", "10"]);
     support::wait_until(Duration::from_secs(10), "the BLPOP blocked", || {
-        source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
+        s.source.cli(&["INFO", "clients"]).contains("blocked_clients:1")
     });
     assert_eq!(c.request(&["RPUSH", "late", "job"]), b":1\r\n");
     let started = Instant::now();
     assert_eq!(text(waiter.read_reply()), "*2\r\n$4\r\nlate\r\n$3\r\njob\r\n");
     // Without the bound the reply would wait for the fence's 200 ms round trip.
     assert!(started.elapsed() < Duration::from_millis(150), "the reply waited {:?}", started.elapsed());
-    let metrics = http::get(proxy.admin_port(), "/metrics");
+    let metrics = http::get(s.proxy.admin_port(), "/metrics");
     assert!(metrics.contains("\ntandem_mirror_pop_fence_late_total 1\n"), "{metrics}");
     // Both effects were queued before the reply was released: the push, then the removal.
-    let stats = http::wait_mirror_idle(proxy.admin_port())["mirror"]["towards"]["target"].clone();
+    let stats = http::wait_mirror_idle(s.proxy.admin_port())["mirror"]["towards"]["target"].clone();
     assert_eq!((stats["applied"].as_u64(), stats["diverged"].as_u64()), (Some(2), Some(0)), "{stats}");
-    assert_eq!(target.cli(&["EXISTS", "late"]), "0");
+    assert_eq!(s.target.cli(&["EXISTS", "late"]), "0");
 }
 
 #[test]
